@@ -1,0 +1,1147 @@
+"""Headwater's configuration: the YAML schema of PRODUCT.md as typed, frozen objects.
+
+Owns: reading a YAML file (or the embedded default), validating every key once, and turning it
+into the frozen dataclasses below. It must never open sockets, databases or files other than the
+config file itself (it only checks that the TLS files a listener names exist).
+
+Why frozen dataclasses and a hand-written validator rather than pydantic: the schema is small,
+we want exactly one error line of the form ``key.path: reason`` (pydantic's multi-line reports
+would have to be reformatted anyway), and it keeps a heavy dependency out of a gateway image.
+
+Error contract: every problem raises :class:`ConfigError` whose ``str()`` is one line naming the
+dotted key path and the reason, e.g. ``streams.telemetry.max_size: must be at least 1KiB``.
+List items are named by index (``streams.telemetry.exports[0].priority``). Problems with the
+file as a whole (unreadable, not YAML, empty, not a mapping) have an empty ``path`` and a reason
+that starts with the file name.
+
+Reading rules, in one place:
+
+- Scalars follow YAML 1.2, not PyYAML's YAML 1.1 default: only ``true``/``false`` are booleans
+  (``yes``, ``no``, ``on``, ``off`` stay strings and are refused where a boolean is expected),
+  and ``1:30`` or ``0755`` are strings, never base-60 or octal numbers. A key written twice in
+  one mapping is refused.
+- ``null`` is accepted exactly where the default is ``null`` (``ttl``, ``password_file``,
+  ``max_bandwidth``...). A whole section or list written as ``null`` (``exports:`` with nothing
+  under it) means "the default".
+- Relative paths (``data_dir``, ``password_file``, TLS files) are resolved against the current
+  working directory of the process, *not* the directory of the config file, and stored absolute.
+- Sizes, durations and bandwidths are parsed by :func:`parse_size`, :func:`parse_duration` and
+  :func:`parse_bandwidth` and stored as bytes, seconds and bytes per second.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import string
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from typing import Final, Literal, TypeAlias, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+from yaml.constructor import ConstructorError
+
+from headwater.broker.topics import InvalidTopicError, validate_topic_filter, validate_topic_name
+
+__all__ = [
+    "AwsConfig",
+    "BrokerSettings",
+    "ConfigError",
+    "DeployConfig",
+    "DeployPolicy",
+    "ExportConfig",
+    "HeadwaterConfig",
+    "ListenerConfig",
+    "StreamConfig",
+    "TLSConfig",
+    "TopicACL",
+    "UploadsConfig",
+    "format_size",
+    "load_config",
+    "parse_bandwidth",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+]
+
+
+class ConfigError(ValueError):
+    """A config problem; ``str(exc)`` is one line: ``key.path: reason``."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path else reason)
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """TLS for one listener; the files exist (checked at load), paths are absolute."""
+
+    certfile: Path
+    keyfile: Path
+    cafile: Path | None = None
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """One MQTT listener (``broker.listeners.<name>``)."""
+
+    name: str
+    host: str  # "127.0.0.1", "::1", "0.0.0.0", "::" (IPv6 without brackets)
+    port: int  # 0 = an ephemeral port chosen by the OS
+    type: Literal["tcp", "ws"] = "tcp"
+    tls: TLSConfig | None = None
+
+    @property
+    def is_loopback(self) -> bool:
+        """True when the listener only accepts connections from this machine.
+
+        That is ``localhost``, any address in 127.0.0.0/8, ``::1`` (or an IPv4-mapped IPv6
+        loopback address). Other host names are not resolved and count as not loopback.
+        """
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            address = ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            return address.ipv4_mapped.is_loopback
+        return address.is_loopback
+
+
+@dataclass(frozen=True, slots=True)
+class TopicACL:
+    """The topic filters one user may publish to and subscribe to."""
+
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """The ``broker`` section: listeners, authentication and the ACL."""
+
+    listeners: tuple[ListenerConfig, ...]
+    allow_anonymous: bool
+    # True when the YAML wrote allow_anonymous out (needed to open anonymous non-loopback access).
+    allow_anonymous_explicit: bool = False
+    password_file: Path | None = None
+    # None = no ACL at all (every authenticated client may do anything).
+    # Key "anonymous" applies to clients without a username.
+    acl: Mapping[str, TopicACL] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AwsConfig:
+    """The ``aws`` section; ``endpoints`` keys are a subset of the supported services."""
+
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    endpoints: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportConfig:
+    """One export of a stream.
+
+    ``options`` holds the type's own keys, validated and with every default filled in:
+
+    ========  ===========================================================================
+    type      options (Python types)
+    ========  ===========================================================================
+    kinesis   ``stream_name: str``, ``partition_key: str`` (template)
+    firehose  ``delivery_stream: str``, ``delimiter: str``
+    s3        ``bucket: str``, ``key: str`` (template), ``compression: "gzip" | "none"``,
+              ``max_object_size: int`` (bytes), ``max_object_age: float`` (seconds)
+    iot_core  ``topic: str`` (template), ``qos: int`` (0 or 1)
+    ========  ===========================================================================
+
+    Templates only contain the placeholders listed in PRODUCT.md, without format specs, so
+    ``template.format(**fields)`` with those fields always succeeds.
+    """
+
+    id: str
+    type: Literal["kinesis", "firehose", "s3", "iot_core"]
+    priority: int = 5
+    batch_size: int = 500
+    batch_interval: float = 1.0  # seconds
+    max_bandwidth: float | None = None  # bytes per second
+    start: Literal["oldest", "newest"] | int = "oldest"
+    # Type-specific keys, validated and defaulted per type (see PRODUCT.md's export table).
+    options: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """One stream (``streams.<name>``): which topics feed it, storage, retention, exports."""
+
+    name: str
+    topics: tuple[str, ...]
+    persistence: Literal["file", "memory"] = "file"
+    max_size: int = 256 * 1024 * 1024  # bytes
+    strategy_on_full: Literal["overwrite_oldest", "reject_new"] = "overwrite_oldest"
+    ttl: float | None = None  # seconds
+    flush_on_write: bool = False
+    drop_exported: bool = False
+    exports: tuple[ExportConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UploadsConfig:
+    """The ``uploads`` section: limits shared by every export."""
+
+    max_bandwidth: float | None = None  # bytes per second
+
+
+@dataclass(frozen=True, slots=True)
+class DeployPolicy:
+    """What a deployed compose file may ask for."""
+
+    allow_privileged: bool = False
+    allow_host_network: bool = False
+    allowed_bind_mounts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeployConfig:
+    """The ``deploy`` section."""
+
+    enabled: bool = True
+    pull: Literal["always", "missing", "never"] = "missing"
+    policy: DeployPolicy = field(default_factory=DeployPolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class HeadwaterConfig:
+    """The whole validated config; built by :func:`load_config` or :func:`parse_config`."""
+
+    data_dir: Path
+    topic_prefix: str
+    broker: BrokerSettings
+    aws: AwsConfig = field(default_factory=AwsConfig)
+    streams: Mapping[str, StreamConfig] = field(default_factory=dict)
+    uploads: UploadsConfig = field(default_factory=UploadsConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
+    # Where the config came from ("<embedded default>" or a file path), for logs.
+    source: str = "<embedded default>"
+
+
+# --------------------------------------------------------------------------------------------
+# Sizes, durations, bandwidths
+# --------------------------------------------------------------------------------------------
+
+_KiB: Final = 1024
+_MiB: Final = 1024**2
+_GiB: Final = 1024**3
+_SIZE_UNITS: Final[Mapping[str, int]] = {
+    "B": 1,
+    "KiB": _KiB,
+    "MiB": _MiB,
+    "GiB": _GiB,
+    "KB": 1000,
+    "kB": 1000,  # the SI spelling, accepted but not advertised
+    "MB": 1000**2,
+    "GB": 1000**3,
+}
+_SIZE_UNITS_SHOWN: Final = "B, KiB, MiB, GiB, KB, MB, GB"
+
+_DURATION_UNITS: Final[Mapping[str, float]] = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+
+# Bits are 1000-based and divided by 8; bytes follow the size units.
+_BANDWIDTH_UNITS: Final[Mapping[str, float]] = {
+    "bit": 1 / 8,
+    "kbit": 1000 / 8,
+    "Kbit": 1000 / 8,
+    "Mbit": 1000**2 / 8,
+    "Gbit": 1000**3 / 8,
+    **{unit: float(factor) for unit, factor in _SIZE_UNITS.items()},
+}
+_BANDWIDTH_UNITS_SHOWN: Final = "bit, kbit, Mbit, Gbit, B, KiB, MiB, GiB, KB, MB, GB, each with /s"
+
+# A number and a unit, e.g. "256MiB", "1.5 s", "-3d". The sign is matched only to give
+# "must not be negative" instead of "not a size".
+_QUANTITY: Final = re.compile(
+    r"\s*(?P<number>[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))\s*(?P<unit>[A-Za-z/]*)\s*"
+)
+
+
+def parse_size(text: str | int) -> int:
+    """Return a size in bytes: ``"256MiB"``, ``"64KB"``, ``"1.5GiB"``, ``"512"`` or ``512``.
+
+    Units: ``B``, ``KiB``, ``MiB``, ``GiB`` (1024-based) and ``KB``, ``MB``, ``GB``
+    (1000-based); a bare number is bytes. Raises :class:`ValueError` with a one-line reason.
+    """
+    if isinstance(text, bool) or not isinstance(text, str | int):
+        msg = f"expected a size such as 256MiB, got {_describe(text)}"
+        raise ValueError(msg)  # noqa: TRY004 -- config errors are ValueErrors by contract
+    if isinstance(text, int):
+        if text < 0:
+            msg = f"must not be negative, got {text}"
+            raise ValueError(msg)
+        return text
+    match = _QUANTITY.fullmatch(text)
+    if match is None:
+        msg = f"expected a size such as 256MiB, got {text!r}"
+        raise ValueError(msg)
+    unit = match["unit"] or "B"
+    if unit not in _SIZE_UNITS:
+        msg = f"unknown size unit {unit!r} in {text!r} (expected {_SIZE_UNITS_SHOWN})"
+        raise ValueError(msg)
+    try:
+        size = Decimal(match["number"]) * _SIZE_UNITS[unit]
+    except InvalidOperation as exc:  # pragma: no cover -- the regex only lets numbers through
+        msg = f"expected a size such as 256MiB, got {text!r}"
+        raise ValueError(msg) from exc
+    if size < 0:
+        msg = f"must not be negative, got {text!r}"
+        raise ValueError(msg)
+    if size != size.to_integral_value():
+        msg = f"must be a whole number of bytes, got {text!r}"
+        raise ValueError(msg)
+    return int(size)
+
+
+def format_size(size: int) -> str:
+    """Spell a byte count with the largest binary unit that divides it: ``268435456`` -> ``256MiB``.
+
+    ``parse_size(format_size(n)) == n`` for every ``n >= 0``.
+    """
+    for unit, factor in (("GiB", _GiB), ("MiB", _MiB), ("KiB", _KiB)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
+
+
+def parse_duration(text: str | float) -> float:
+    """Return a duration in seconds: ``"500ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"7d"``, ``10``.
+
+    A bare number (or a numeric string) is seconds. Negative, infinite and NaN durations are
+    refused with :class:`ValueError`.
+    """
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        msg = f"expected a duration such as 30s, got {_describe(text)}"
+        raise ValueError(msg)  # noqa: TRY004 -- config errors are ValueErrors by contract
+    if isinstance(text, str):
+        match = _QUANTITY.fullmatch(text)
+        if match is None:
+            msg = f"expected a duration such as 30s, got {text!r}"
+            raise ValueError(msg)
+        unit = match["unit"] or "s"
+        if unit not in _DURATION_UNITS:
+            msg = f"unknown duration unit {unit!r} in {text!r} (expected ms, s, m, h, d)"
+            raise ValueError(msg)
+        seconds = float(match["number"]) * _DURATION_UNITS[unit]
+    else:
+        seconds = float(text)
+    if not math.isfinite(seconds):
+        msg = f"must be a finite duration, got {text!r}"
+        raise ValueError(msg)
+    if seconds < 0:
+        msg = f"must not be negative, got {text!r}"
+        raise ValueError(msg)
+    return seconds
+
+
+def parse_bandwidth(text: str) -> float:
+    """Return a bandwidth in bytes per second: ``"2Mbit/s"``, ``"500kbit/s"``, ``"100KiB/s"``.
+
+    Bit units (``bit``, ``kbit``, ``Mbit``, ``Gbit``) are 1000-based and divided by 8; byte
+    units are those of :func:`parse_size`. The ``/s`` is required. Zero is refused: a budget of
+    nothing would stall every export forever.
+    """
+    raw: object = text  # callers outside mypy's reach (the CLI) may pass anything
+    match = _QUANTITY.fullmatch(raw) if isinstance(raw, str) else None
+    if match is None or not match["unit"].endswith("/s"):
+        msg = f"expected a bandwidth such as 2Mbit/s, got {_describe(text)}"
+        raise ValueError(msg)
+    unit = match["unit"].removesuffix("/s")
+    if unit not in _BANDWIDTH_UNITS:
+        expected = _BANDWIDTH_UNITS_SHOWN
+        msg = f"unknown bandwidth unit {unit + '/s'!r} in {text!r} (expected {expected})"
+        raise ValueError(msg)
+    rate = float(match["number"]) * _BANDWIDTH_UNITS[unit]
+    if rate <= 0:
+        msg = f"must be greater than zero, got {text!r}"
+        raise ValueError(msg)
+    return rate
+
+
+# --------------------------------------------------------------------------------------------
+# YAML 1.2-style loading
+# --------------------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans and integers, refusing duplicate keys."""
+
+    def construct_mapping(
+        self,
+        node: yaml.MappingNode,
+        deep: bool = False,  # noqa: FBT001, FBT002 -- PyYAML's signature, called positionally
+    ) -> dict[Hashable, object]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            # Merge keys ("<<") may legitimately be overridden; only literal duplicates count.
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found duplicate key {key_node.value!r}",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [
+        (tag, rx) for tag, rx in resolvers if tag not in {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int"}
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+# Decimal only: PyYAML would read 0755 as octal and 1:30 as 90.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789")
+)
+
+
+def _yaml_error_reason(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return " ".join(f"invalid YAML{where}: {problem}".split())
+    return " ".join(f"invalid YAML: {exc}".split())
+
+
+_EMBEDDED_SOURCE: Final = "<embedded default>"
+
+
+def load_config(path: Path | None) -> HeadwaterConfig:
+    """Read and validate a config file; ``None`` reads the embedded default.
+
+    The embedded default is ``headwater.yaml`` in the package ``headwater.defaults`` (the
+    repository's ``config/`` folder). Relative paths inside the config are resolved against the
+    current working directory, not against the file's directory. Raises :class:`ConfigError`.
+    """
+    if path is None:
+        source = _EMBEDDED_SOURCE
+        try:
+            text = resources.files("headwater.defaults").joinpath("headwater.yaml").read_text("utf-8")
+        except (OSError, ModuleNotFoundError) as exc:
+            raise ConfigError("", f"{source}: cannot read headwater.defaults/headwater.yaml: {exc}") from exc
+    else:
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError("", f"{source}: cannot read config file: not UTF-8 text") from exc
+        except OSError as exc:
+            raise ConfigError("", f"{source}: cannot read config file: {exc.strerror or exc}") from exc
+    try:
+        data: object = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 -- a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{source}: {_yaml_error_reason(exc)}") from exc
+    return parse_config(data, source=source)
+
+
+# --------------------------------------------------------------------------------------------
+# The reader: a mapping that knows its key path
+# --------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+S = TypeVar("S", bound=str)
+# A converter turns one YAML value into a typed value or raises ConfigError naming the path.
+Converter: TypeAlias = Callable[[object, str], T]
+
+
+_MAX_SHOWN: Final = 60
+
+
+def _describe(value: object) -> str:
+    """Show a YAML value in an error message, the way the user wrote it where possible."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        shown = repr(value)
+        return shown if len(shown) <= _MAX_SHOWN else shown[: _MAX_SHOWN - 4] + "...'"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _expected(path: str, what: str, value: object) -> ConfigError:
+    return ConfigError(path, f"expected {what}, got {_describe(value)}")
+
+
+def _join(path: str, key: str) -> str:
+    # A key with a newline or other control character is quoted: the message stays one line.
+    shown = key if key.isprintable() else repr(key)
+    return f"{path}.{shown}" if path else shown
+
+
+class _Section:
+    """One YAML mapping being read: refuses keys it does not know and names every key's path."""
+
+    __slots__ = ("_data", "path")
+
+    def __init__(self, value: object, path: str, keys: Collection[str] | None) -> None:
+        """Wrap ``value`` (``None`` reads as empty); ``keys=None`` defers :meth:`refuse_unknown`."""
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise _expected(path, "a mapping", value)
+        for key in value:
+            if not isinstance(key, str):
+                raise ConfigError(path, f"keys must be strings, got {_describe(key)}")
+        self._data: Mapping[str, object] = value
+        self.path = path
+        if keys is not None:
+            self.refuse_unknown(keys)
+
+    def refuse_unknown(self, keys: Collection[str]) -> None:
+        for key in self._data:
+            if key not in keys:
+                expected = ", ".join(sorted(keys))
+                raise ConfigError(self.at(key), f"unknown key (expected one of: {expected})")
+
+    def at(self, key: str) -> str:
+        return _join(self.path, key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+    def require(self, key: str, convert: Converter[T]) -> T:
+        if key not in self._data:
+            raise ConfigError(self.at(key), "required")
+        return convert(self._data[key], self.at(key))
+
+    def get(self, key: str, convert: Converter[T], default: T) -> T:
+        """Convert the value of ``key``; ``default`` when absent (null goes to the converter)."""
+        if key not in self._data:
+            return default
+        return convert(self._data[key], self.at(key))
+
+    def optional(self, key: str, convert: Converter[T]) -> T | None:
+        """Convert the value of ``key``; ``None`` when absent or null (keys whose default is null)."""
+        value = self._data.get(key)
+        return None if value is None else convert(value, self.at(key))
+
+    def is_unset(self, key: str) -> bool:
+        """Tell whether ``key`` is absent or null."""
+        return self._data.get(key) is None
+
+    def section(self, key: str, keys: Collection[str]) -> _Section:
+        return _Section(self._data.get(key), self.at(key), keys)
+
+    def entries(self, *, what: str, pattern: re.Pattern[str] | None) -> Iterator[tuple[str, object, str]]:
+        """Yield ``(name, value, path)`` when the keys are user-chosen names (streams, users)."""
+        for name, value in self._data.items():
+            if pattern is not None and not pattern.fullmatch(name):
+                raise ConfigError(self.at(name), f"invalid {what} name {name!r} (expected {_NAME_RULE})")
+            if not name:
+                raise ConfigError(self.path, f"{what} names must not be empty")
+            yield name, value, self.at(name)
+
+    def named(
+        self, key: str, *, what: str, pattern: re.Pattern[str] | None
+    ) -> Iterator[tuple[str, object, str]]:
+        """:meth:`entries` of the mapping under ``key`` (absent or null: none)."""
+        return _Section(self._data.get(key), self.at(key), keys=None).entries(what=what, pattern=pattern)
+
+
+# --- converters -------------------------------------------------------------------------------
+
+
+def _bool(value: object, path: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _expected(path, "a boolean", value)
+
+
+def _str(value: object, path: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise _expected(path, "a string", value)
+
+
+def _nonempty_str(value: object, path: str) -> str:
+    text = _str(value, path)
+    if not text.strip():
+        raise ConfigError(path, "must not be empty")
+    return text
+
+
+def _int_between(minimum: int, maximum: int | None = None) -> Converter[int]:
+    def convert(value: object, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _expected(path, "an integer", value)
+        if maximum is None and value < minimum:
+            raise ConfigError(path, f"must be at least {minimum}, got {value}")
+        if maximum is not None and not minimum <= value <= maximum:
+            raise ConfigError(path, f"must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    return convert
+
+
+def _one_of(choices: tuple[S, ...]) -> Converter[S]:
+    def convert(value: object, path: str) -> S:
+        for choice in choices:
+            if value == choice:
+                return choice
+        raise _expected(path, "one of " + ", ".join(choices), value)
+
+    return convert
+
+
+def _size(minimum: int = 0, maximum: int | None = None, *, why_maximum: str = "") -> Converter[int]:
+    def convert(value: object, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise _expected(path, "a size such as 256MiB", value)
+        try:
+            size = parse_size(value)
+        except ValueError as exc:
+            raise ConfigError(path, str(exc)) from exc
+        if size < minimum:
+            raise ConfigError(path, f"must be at least {format_size(minimum)}")
+        if maximum is not None and size > maximum:
+            raise ConfigError(path, f"must be at most {format_size(maximum)}{why_maximum}")
+        return size
+
+    return convert
+
+
+def _duration(*, positive: bool) -> Converter[float]:
+    def convert(value: object, path: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise _expected(path, "a duration such as 30s", value)
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(path, str(exc)) from exc
+        if positive and seconds == 0:
+            raise ConfigError(path, f"must be greater than zero, got {_describe(value)}")
+        return seconds
+
+    return convert
+
+
+def _bandwidth(value: object, path: str) -> float:
+    if not isinstance(value, str):
+        raise _expected(path, "a bandwidth such as 2Mbit/s", value)
+    try:
+        return parse_bandwidth(value)
+    except ValueError as exc:
+        raise ConfigError(path, str(exc)) from exc
+
+
+def _path(value: object, path: str) -> Path:
+    # Relative to the working directory, by contract (see the module docstring).
+    return Path(_nonempty_str(value, path)).expanduser().absolute()
+
+
+def _existing_file(value: object, path: str) -> Path:
+    file = _path(value, path)
+    if not file.is_file():
+        problem = "not a regular file" if file.exists() else "file not found"
+        raise ConfigError(path, f"{problem}: {file}")
+    return file
+
+
+def _url(value: object, path: str) -> str:
+    text = _str(value, path)
+    parts = urlsplit(text)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise _expected(path, "an http:// or https:// URL", value)
+    return text
+
+
+def _matching(pattern: str, what: str, rule: str) -> Converter[str]:
+    compiled = re.compile(pattern)
+
+    def convert(value: object, path: str) -> str:
+        text = _str(value, path)
+        if not compiled.fullmatch(text):
+            raise ConfigError(path, f"invalid {what} {text!r} (expected {rule})")
+        return text
+
+    return convert
+
+
+def _list_of(item: Converter[T]) -> Converter[tuple[T, ...]]:
+    def convert(value: object, path: str) -> tuple[T, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list | tuple):
+            raise _expected(path, "a list", value)
+        return tuple(item(element, f"{path}[{index}]") for index, element in enumerate(value))
+
+    return convert
+
+
+# --- MQTT topics ------------------------------------------------------------------------------
+
+
+def _topic_filter(value: object, path: str) -> str:
+    topic = _str(value, path)
+    try:
+        validate_topic_filter(topic)
+    except InvalidTopicError as exc:
+        raise ConfigError(path, str(exc)) from exc
+    return topic
+
+
+def _topic_prefix(value: object, path: str) -> str:
+    prefix = _str(value, path)
+    try:
+        validate_topic_name(prefix)
+    except InvalidTopicError as exc:
+        raise ConfigError(path, str(exc)) from exc
+    if prefix.startswith("$"):
+        raise ConfigError(path, f"must not start with '$', got {prefix!r}")
+    if "" in prefix.split("/"):
+        raise ConfigError(path, f"must not have empty levels, got {prefix!r}")
+    return prefix
+
+
+# --- templates --------------------------------------------------------------------------------
+
+_KINESIS_PLACEHOLDERS: Final = ("topic", "client_id", "stream", "sequence")
+_S3_PLACEHOLDERS: Final = ("stream", "yyyy", "mm", "dd", "HH", "first_sequence", "last_sequence")
+_IOT_PLACEHOLDERS: Final = ("topic", "stream", "client_id")
+
+
+def _template_literals(template: str, placeholders: Collection[str], path: str) -> str:
+    """Check a ``{placeholder}`` template; return its literal text (placeholders removed)."""
+    literals = []
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(path, f"invalid template {template!r}: {exc}") from exc
+    for literal, name, spec, conversion in parsed:
+        literals.append(literal)
+        if name is None:
+            continue
+        if name not in placeholders:
+            expected = ", ".join("{" + p + "}" for p in sorted(placeholders))
+            raise ConfigError(path, f"unknown placeholder {{{name}}} (expected one of: {expected})")
+        if spec or conversion:
+            raise ConfigError(path, f"placeholder {{{name}}} takes no format spec or conversion")
+    return "".join(literals)
+
+
+def _template(placeholders: Collection[str]) -> Converter[str]:
+    def convert(value: object, path: str) -> str:
+        template = _nonempty_str(value, path)
+        _template_literals(template, placeholders, path)
+        return template
+
+    return convert
+
+
+def _s3_key(value: object, path: str) -> str:
+    key = _template(_S3_PLACEHOLDERS)(value, path)
+    if key.startswith("/"):
+        raise ConfigError(path, f"must not start with '/', got {key!r}")
+    return key
+
+
+def _iot_topic(value: object, path: str) -> str:
+    template = _nonempty_str(value, path)
+    literals = _template_literals(template, _IOT_PLACEHOLDERS, path)
+    if "+" in literals or "#" in literals or "\0" in literals:
+        raise ConfigError(path, f"must be a topic name, not a filter (no +, #), got {template!r}")
+    if template.startswith("$"):
+        raise ConfigError(path, f"must not start with '$' (reserved by AWS IoT), got {template!r}")
+    return template
+
+
+# --- listeners ----------------------------------------------------------------------------------
+
+_MAX_PORT: Final = 65535
+_MAX_HOST_NAME: Final = 253
+_BIND_EXAMPLE: Final = "host:port such as 127.0.0.1:1883 or [::1]:1883"
+_HOST_LABEL: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _bind(value: object, path: str) -> tuple[str, int]:
+    if not isinstance(value, str):
+        raise _expected(path, _BIND_EXAMPLE, value)
+    host, colon, port_text = value.rpartition(":")
+    if not colon or not host:
+        raise _expected(path, _BIND_EXAMPLE, value)
+    problem = _bind_host_problem(host)
+    if problem is not None:
+        raise ConfigError(path, f"{problem} in {value!r}")
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or int(port_text) > _MAX_PORT:
+        raise ConfigError(path, f"port must be a number between 0 and 65535, got {value!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port_text)
+
+
+def _bind_host_problem(host: str) -> str | None:
+    """Why ``host`` (the part of a bind before the port) is unusable, or ``None``."""
+    if host.startswith("[") and host.endswith("]"):
+        return _address_problem(host[1:-1], ipaddress.IPv6Address, "IPv6")
+    if ":" in host or "[" in host or "]" in host:
+        return "IPv6 addresses need brackets, e.g. [::1]:1883"
+    if re.fullmatch(r"[0-9.]+", host):
+        return _address_problem(host, ipaddress.IPv4Address, "IPv4")
+    if len(host) > _MAX_HOST_NAME or not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")):
+        return f"invalid host name {host!r}"
+    return None
+
+
+def _address_problem(
+    text: str, kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address], family: str
+) -> str | None:
+    try:
+        kind(text)
+    except ValueError:
+        return f"invalid {family} address {text!r}"
+    return None
+
+
+def _tls(value: object, path: str) -> TLSConfig:
+    section = _Section(value, path, ("certfile", "keyfile", "cafile", "require_client_cert"))
+    certfile = section.require("certfile", _existing_file)
+    keyfile = section.require("keyfile", _existing_file)
+    cafile = section.optional("cafile", _existing_file)
+    require_client_cert = section.get("require_client_cert", _bool, default=False)
+    if require_client_cert and cafile is None:
+        raise ConfigError(
+            section.at("require_client_cert"),
+            "requires cafile (the CA that signs client certificates)",
+        )
+    return TLSConfig(
+        certfile=certfile, keyfile=keyfile, cafile=cafile, require_client_cert=require_client_cert
+    )
+
+
+_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_NAME_RULE: Final = "1-128 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"
+_LISTENER_TYPES: Final[tuple[Literal["tcp", "ws"], ...]] = ("tcp", "ws")
+
+
+def _addresses_overlap(first: str, second: str) -> bool:
+    """Tell whether two listeners on one port would collide (Linux refuses the second bind).
+
+    A wildcard address covers every address of its family; asyncio binds ``::`` IPv6-only, so
+    ``0.0.0.0`` and ``::`` can share a port.
+    """
+    if first == second:
+        return True
+    try:
+        addresses = ipaddress.ip_address(first), ipaddress.ip_address(second)
+    except ValueError:
+        return False  # a host name: only the OS can tell
+    if addresses[0].version != addresses[1].version:
+        return False
+    return any(address.is_unspecified for address in addresses)
+
+
+def _listeners(broker: _Section) -> tuple[ListenerConfig, ...]:
+    if broker.is_unset("listeners"):
+        return (ListenerConfig(name="default", host="127.0.0.1", port=1883),)
+    listeners: list[ListenerConfig] = []
+    for name, value, path in broker.named("listeners", what="listener", pattern=_NAME):
+        section = _Section(value, path, ("bind", "type", "tls"))
+        host, port = section.require("bind", _bind)
+        for other in listeners:
+            if port != 0 and port == other.port and _addresses_overlap(host, other.host):
+                raise ConfigError(
+                    section.at("bind"), f"port {port} is already bound by listener {other.name!r}"
+                )
+        listeners.append(
+            ListenerConfig(
+                name=name,
+                host=host,
+                port=port,
+                type=section.get("type", _one_of(_LISTENER_TYPES), "tcp"),
+                tls=section.optional("tls", _tls),
+            )
+        )
+    if not listeners:
+        raise ConfigError(broker.at("listeners"), "at least one listener is required")
+    return tuple(listeners)
+
+
+# --- sections -----------------------------------------------------------------------------------
+
+
+def _acl(value: object, path: str) -> dict[str, TopicACL]:
+    acl: dict[str, TopicACL] = {}
+    for user, rules, user_path in _Section(value, path, keys=None).entries(what="user", pattern=None):
+        section = _Section(rules, user_path, ("publish", "subscribe"))
+        acl[user] = TopicACL(
+            publish=section.get("publish", _list_of(_topic_filter), ()),
+            subscribe=section.get("subscribe", _list_of(_topic_filter), ()),
+        )
+    return acl
+
+
+def _broker(top: _Section) -> BrokerSettings:
+    broker = top.section("broker", ("listeners", "allow_anonymous", "password_file", "acl"))
+    listeners = _listeners(broker)
+    # Anonymous access is safe by default only when nobody outside this machine can connect.
+    allow_anonymous = broker.get(
+        "allow_anonymous", _bool, all(listener.is_loopback for listener in listeners)
+    )
+    return BrokerSettings(
+        listeners=listeners,
+        allow_anonymous=allow_anonymous,
+        allow_anonymous_explicit="allow_anonymous" in broker,
+        password_file=broker.optional("password_file", _path),
+        acl=broker.optional("acl", _acl),
+    )
+
+
+_AWS_SERVICES: Final = ("kinesis", "firehose", "s3", "iot-data", "ecr", "secretsmanager")
+
+
+def _aws(top: _Section) -> AwsConfig:
+    aws = top.section("aws", ("region", "endpoint_url", "endpoints"))
+    endpoints = aws.section("endpoints", _AWS_SERVICES)
+    return AwsConfig(
+        region=aws.get(
+            "region",
+            _matching(r"[a-z0-9]+(?:-[a-z0-9]+)*", "AWS region", "a name such as us-east-1"),
+            "us-east-1",
+        ),
+        endpoint_url=aws.optional("endpoint_url", _url),
+        endpoints={
+            service: endpoints.require(service, _url) for service in _AWS_SERVICES if service in endpoints
+        },
+    )
+
+
+_EXPORT_TYPES: Final[tuple[Literal["kinesis", "firehose", "s3", "iot_core"], ...]] = (
+    "kinesis",
+    "firehose",
+    "s3",
+    "iot_core",
+)
+_EXPORT_KEYS: Final = (
+    "id",
+    "type",
+    "priority",
+    "batch_size",
+    "batch_interval",
+    "max_bandwidth",
+    "start",
+)
+_EXPORT_TYPE_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
+    "kinesis": ("stream_name", "partition_key"),
+    "firehose": ("delivery_stream", "delimiter"),
+    "s3": ("bucket", "key", "compression", "max_object_size", "max_object_age"),
+    "iot_core": ("topic", "qos"),
+}
+_AWS_NAME_RULE: Final = "1-{} characters of A-Z a-z 0-9 _ . -"
+_BUCKET_RULE: Final = "3-63 characters of a-z 0-9 . -, starting and ending with a letter or digit"
+_COMPRESSIONS: Final = ("gzip", "none")
+# PutRecords and PutRecordBatch take at most 500 records per call.
+_MAX_AWS_BATCH: Final = 500
+_S3_DEFAULT_KEY: Final = "{stream}/{yyyy}/{mm}/{dd}/{HH}/{first_sequence}-{last_sequence}.jsonl"
+_S3_MAX_PUT: Final = 5 * _GiB
+
+
+def _start(value: object, path: str) -> Literal["oldest", "newest"] | int:
+    if value == "oldest":
+        return "oldest"
+    if value == "newest":
+        return "newest"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int_between(0)(value, path)
+    raise _expected(path, "oldest, newest or a sequence number", value)
+
+
+def _export_options(kind: str, export: _Section) -> dict[str, object]:
+    if kind == "kinesis":
+        return {
+            "stream_name": export.require(
+                "stream_name",
+                _matching(r"[A-Za-z0-9_.-]{1,128}", "Kinesis stream name", _AWS_NAME_RULE.format(128)),
+            ),
+            "partition_key": export.get("partition_key", _template(_KINESIS_PLACEHOLDERS), "{topic}"),
+        }
+    if kind == "firehose":
+        return {
+            "delivery_stream": export.require(
+                "delivery_stream",
+                _matching(
+                    r"[A-Za-z0-9_.-]{1,64}", "Firehose delivery stream name", _AWS_NAME_RULE.format(64)
+                ),
+            ),
+            "delimiter": export.get("delimiter", _str, "\n"),
+        }
+    if kind == "s3":
+        compression = export.get("compression", _one_of(_COMPRESSIONS), "gzip")
+        default_key = _S3_DEFAULT_KEY + (".gz" if compression == "gzip" else "")
+        return {
+            "bucket": export.require(
+                "bucket", _matching(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", "S3 bucket name", _BUCKET_RULE)
+            ),
+            "key": export.get("key", _s3_key, default_key),
+            "compression": compression,
+            "max_object_size": export.get(
+                "max_object_size",
+                _size(_KiB, _S3_MAX_PUT, why_maximum=" (S3's single PUT limit)"),
+                64 * _MiB,
+            ),
+            "max_object_age": export.get("max_object_age", _duration(positive=True), 300.0),
+        }
+    return {  # iot_core
+        "topic": export.get("topic", _iot_topic, "{topic}"),
+        "qos": export.get("qos", _int_between(0, 1), 0),
+    }
+
+
+def _export(value: object, path: str) -> ExportConfig:
+    export = _Section(value, path, keys=None)
+    kind = export.require("type", _one_of(_EXPORT_TYPES))
+    export.refuse_unknown(_EXPORT_KEYS + _EXPORT_TYPE_KEYS[kind])
+    batch_limit = _MAX_AWS_BATCH if kind in {"kinesis", "firehose"} else None
+    return ExportConfig(
+        id=export.require("id", _matching(_NAME.pattern, "export id", _NAME_RULE)),
+        type=kind,
+        priority=export.get("priority", _int_between(1, 10), 5),
+        batch_size=export.get("batch_size", _int_between(1, batch_limit), 500),
+        batch_interval=export.get("batch_interval", _duration(positive=False), 1.0),
+        max_bandwidth=export.optional("max_bandwidth", _bandwidth),
+        start=export.get("start", _start, "oldest"),
+        options=_export_options(kind, export),
+    )
+
+
+_PERSISTENCES: Final[tuple[Literal["file", "memory"], ...]] = ("file", "memory")
+_STRATEGIES: Final[tuple[Literal["overwrite_oldest", "reject_new"], ...]] = (
+    "overwrite_oldest",
+    "reject_new",
+)
+_STREAM_KEYS: Final = (
+    "topics",
+    "persistence",
+    "max_size",
+    "strategy_on_full",
+    "ttl",
+    "flush_on_write",
+    "drop_exported",
+    "exports",
+)
+
+
+def _stream(name: str, value: object, path: str) -> StreamConfig:
+    stream = _Section(value, path, _STREAM_KEYS)
+    persistence: Literal["file", "memory"] = stream.get("persistence", _one_of(_PERSISTENCES), "file")
+    flush_on_write = stream.get("flush_on_write", _bool, default=False)
+    if flush_on_write and persistence == "memory":
+        raise ConfigError(
+            stream.at("flush_on_write"),
+            "needs persistence: file (a memory stream has nothing to fsync)",
+        )
+    exports: tuple[ExportConfig, ...] = stream.get("exports", _list_of(_export), ())
+    seen: set[str] = set()
+    for index, export in enumerate(exports):
+        if export.id in seen:
+            raise ConfigError(f"{stream.at('exports')}[{index}].id", f"duplicate export id {export.id!r}")
+        seen.add(export.id)
+    return StreamConfig(
+        name=name,
+        topics=stream.get("topics", _list_of(_topic_filter), ()),
+        persistence=persistence,
+        max_size=stream.get("max_size", _size(_KiB), 256 * _MiB),
+        strategy_on_full=stream.get("strategy_on_full", _one_of(_STRATEGIES), "overwrite_oldest"),
+        ttl=stream.optional("ttl", _duration(positive=True)),
+        flush_on_write=flush_on_write,
+        drop_exported=stream.get("drop_exported", _bool, default=False),
+        exports=exports,
+    )
+
+
+def _absolute_path(value: object, path: str) -> str:
+    mount = _nonempty_str(value, path)
+    if not mount.startswith("/"):
+        raise ConfigError(path, f"must be an absolute path, got {mount!r}")
+    return mount
+
+
+_PULL_POLICIES: Final[tuple[Literal["always", "missing", "never"], ...]] = (
+    "always",
+    "missing",
+    "never",
+)
+
+
+def _deploy(top: _Section) -> DeployConfig:
+    deploy = top.section("deploy", ("enabled", "pull", "policy"))
+    policy = deploy.section("policy", ("allow_privileged", "allow_host_network", "allowed_bind_mounts"))
+    return DeployConfig(
+        enabled=deploy.get("enabled", _bool, default=True),
+        pull=deploy.get("pull", _one_of(_PULL_POLICIES), "missing"),
+        policy=DeployPolicy(
+            allow_privileged=policy.get("allow_privileged", _bool, default=False),
+            allow_host_network=policy.get("allow_host_network", _bool, default=False),
+            allowed_bind_mounts=policy.get("allowed_bind_mounts", _list_of(_absolute_path), ()),
+        ),
+    )
+
+
+_TOP_KEYS: Final = ("data_dir", "topic_prefix", "broker", "aws", "streams", "uploads", "deploy")
+
+
+def parse_config(data: object, *, source: str) -> HeadwaterConfig:
+    """Validate a YAML-loaded document and return the frozen config.
+
+    ``source`` names where ``data`` came from (a file path or ``<embedded default>``); it is
+    stored in :attr:`HeadwaterConfig.source` and starts the message when the document as a whole
+    is unusable. ``data_dir`` and the other relative paths are resolved against the current
+    working directory, not the config file's directory. No file is read, except that TLS
+    ``certfile``/``keyfile``/``cafile`` must exist. Raises :class:`ConfigError`.
+    """
+    if data is None:
+        raise ConfigError(
+            "",
+            f"{source}: the config is empty (expected a mapping with keys such as broker, streams)",
+        )
+    if not isinstance(data, Mapping):
+        raise ConfigError("", f"{source}: the config must be a mapping of sections, got {_describe(data)}")
+    top = _Section(data, "", _TOP_KEYS)
+    broker = _broker(top)
+    streams = {
+        name: _stream(name, value, path)
+        for name, value, path in top.named("streams", what="stream", pattern=_NAME)
+    }
+    uploads = top.section("uploads", ("max_bandwidth",))
+    return HeadwaterConfig(
+        data_dir=top.get("data_dir", _path, Path("headwater-data").absolute()),
+        topic_prefix=top.get("topic_prefix", _topic_prefix, "headwater"),
+        broker=broker,
+        aws=_aws(top),
+        streams=streams,
+        uploads=UploadsConfig(max_bandwidth=uploads.optional("max_bandwidth", _bandwidth)),
+        deploy=_deploy(top),
+        source=source,
+    )

@@ -1,0 +1,225 @@
+"""The durable-acknowledgement hook point: plugins finish a durable write before the PUBACK.
+
+amqtt sends the PUBACK (QoS 1) or PUBREC (QoS 2) of an incoming PUBLISH from
+``ProtocolHandler.handle_publish`` before any plugin hook runs (NOTES.md). Headwater replaces the
+broker's protocol handler with :class:`DurableAckProtocolHandler`, whose ``handle_publish``
+
+1. checks, synchronously and in packet-arrival order, that the topic is valid and that the
+   publisher may publish to it (the same :class:`~headwater.broker.access.AccessPolicy` the
+   broker enforces afterwards; a refused message is never offered to an interceptor);
+2. offers the message to every registered :class:`PublishInterceptor` — still synchronously,
+   so interceptors see messages in arrival order and can batch them (group commit);
+3. for QoS 1 and 2 only, awaits what the interceptors returned, then waits for the previous
+   QoS 1/2 publish of the same connection to be released, and only then lets amqtt acknowledge
+   and route the message. QoS 0 is never delayed: its awaitables are not awaited here, the
+   interceptor owns them. Other connections are never delayed by this one.
+
+If an interceptor's write fails (disk full, I/O error) the message is *not* acknowledged and the
+connection is closed: the client resends after reconnecting, so nothing it was told is safe is
+lost. The failure is counted and logged (rate-limited to one line per connection).
+
+This module must never do I/O itself: it sequences other objects' I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+
+from headwater.broker.topics import InvalidTopicError, topic_matches, validate_topic_name
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from amqtt.mqtt.publish import PublishPacket
+    from amqtt.plugins.manager import PluginManager
+
+    from headwater.broker.access import AccessPolicy
+
+__all__ = [
+    "DurableAckProtocolHandler",
+    "GateStatistics",
+    "IncomingPublish",
+    "PublishGate",
+    "PublishInterceptor",
+    "principal_of",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Session attribute holding the authenticated username (None = anonymous).
+PRINCIPAL_ATTRIBUTE = "headwater.principal"
+
+
+def principal_of(session: object) -> str | None:
+    """The authenticated username of an amqtt session, None for anonymous clients."""
+    attributes = getattr(session, "attributes", {})
+    principal = attributes.get(PRINCIPAL_ATTRIBUTE)
+    return principal if isinstance(principal, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingPublish:
+    """A client's PUBLISH, as offered to interceptors before it is acknowledged."""
+
+    client_id: str
+    username: str | None
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    received_at_ms: int
+
+
+class PublishInterceptor(Protocol):
+    """Something that must store a message before its publisher is told it is safe."""
+
+    def intercept(self, message: IncomingPublish) -> Awaitable[None] | None:
+        """Accept ``message``; called synchronously, in arrival order, on the event loop.
+
+        Return None when nothing needs waiting for, or an awaitable (a future, never a bare
+        coroutine: for QoS 0 nobody awaits it) that completes when the message is durable and
+        raises if it could not be made durable.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class GateStatistics:
+    offered: int
+    refused_by_acl: int
+    durable_failures: int
+
+
+class PublishGate:
+    """Holds the interceptors and decides which messages they see."""
+
+    def __init__(self, *, access: AccessPolicy, reserved_filters: tuple[str, ...] = ()) -> None:
+        self._access = access
+        self._interceptors: list[PublishInterceptor] = []
+        self.reserved_filters = reserved_filters
+        self._offered = 0
+        self._refused_by_acl = 0
+        self._durable_failures = 0
+
+    def add_interceptor(self, interceptor: PublishInterceptor) -> None:
+        self._interceptors.append(interceptor)
+
+    def remove_interceptor(self, interceptor: PublishInterceptor) -> None:
+        self._interceptors.remove(interceptor)
+
+    def may_publish(self, username: str | None, topic: str) -> bool:
+        """The broker's one publish decision: ACL plus topics reserved for Headwater itself."""
+        if any(topic_matches(reserved, topic) for reserved in self.reserved_filters):
+            return False
+        return self._access.may_publish(username, topic)
+
+    def offer(self, message: IncomingPublish) -> list[Awaitable[None]]:
+        """Offer an accepted message to every interceptor; return what must complete first."""
+        self._offered += 1
+        pending: list[Awaitable[None]] = []
+        for interceptor in self._interceptors:
+            waitable = interceptor.intercept(message)
+            if waitable is not None:
+                pending.append(waitable)
+        return pending
+
+    def note_refused(self) -> None:
+        self._refused_by_acl += 1
+
+    def note_durable_failure(self) -> None:
+        self._durable_failures += 1
+
+    def statistics(self) -> GateStatistics:
+        return GateStatistics(
+            offered=self._offered,
+            refused_by_acl=self._refused_by_acl,
+            durable_failures=self._durable_failures,
+        )
+
+
+class DurableAckProtocolHandler(BrokerProtocolHandler):
+    """amqtt's broker protocol handler, acknowledging QoS 1/2 only once interceptors are done."""
+
+    def __init__(
+        self,
+        plugins_manager: PluginManager,  # type: ignore[type-arg]
+        *,
+        gate: PublishGate,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(plugins_manager, loop=loop)
+        self._gate = gate
+        # Released when the previous QoS 1/2 publish of this connection has been handed to amqtt.
+        self._release_tail: asyncio.Future[None] | None = None
+        self._failure_logged = False
+
+    async def handle_publish(self, publish_packet: PublishPacket) -> None:
+        # Everything up to the first await runs in packet-arrival order (one task per packet,
+        # started in order): the ACL check and the offer to interceptors must stay above it.
+        pending = self._offer(publish_packet)
+        if publish_packet.qos == 0 or publish_packet.qos is None:
+            await super().handle_publish(publish_packet)
+            return
+        previous = self._release_tail
+        released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._release_tail = released
+        try:
+            try:
+                for waitable in pending:
+                    await waitable
+            except Exception as exc:  # noqa: BLE001 - any storage failure means "not durable"
+                await self._refuse_after_failure(exc)
+                return
+            if previous is not None:
+                await asyncio.shield(previous)
+            await super().handle_publish(publish_packet)
+        finally:
+            if not released.done():
+                released.set_result(None)
+
+    def _offer(self, publish_packet: PublishPacket) -> list[Awaitable[None]]:
+        topic = publish_packet.topic_name
+        data = publish_packet.data
+        session = self.session
+        if topic is None or data is None or session is None:
+            return []
+        try:
+            validate_topic_name(topic)
+        except InvalidTopicError:
+            return []  # amqtt closes the connection for this one; nothing to store
+        if topic.startswith("$"):
+            return []
+        username = principal_of(session)
+        if not self._gate.may_publish(username, topic):
+            self._gate.note_refused()
+            return []
+        message = IncomingPublish(
+            client_id=session.client_id or "",
+            username=username,
+            topic=topic,
+            payload=bytes(data),
+            qos=publish_packet.qos or 0,
+            retain=bool(publish_packet.retain_flag),
+            received_at_ms=time.time_ns() // 1_000_000,
+        )
+        return self._gate.offer(message)
+
+    async def _refuse_after_failure(self, exc: BaseException) -> None:
+        self._gate.note_durable_failure()
+        client_id = self.session.client_id if self.session else "?"
+        if not self._failure_logged:
+            self._failure_logged = True
+            logger.error(
+                "could not store a publish from client %s durably (%s); not acknowledging it and "
+                "closing the connection so that the client resends it",
+                client_id,
+                exc,
+            )
+        if self.writer is not None:
+            await self.writer.close()

@@ -1,0 +1,326 @@
+"""Headwater's MQTT broker: amqtt 0.12.1 with Headwater's security and durability fixes.
+
+Owns the subclass of :class:`amqtt.broker.Broker` and everything Headwater changes in it:
+
+* **Listeners** are opened here (tcp, ws, each optionally TLS with optional required client
+  certificates) instead of from amqtt's listener config, whose defaults-merging can silently copy
+  TLS settings between listeners. Port 0 picks an ephemeral port; :attr:`HeadwaterBroker.bound`
+  tells which.
+* **Authentication and authorization** are Headwater's own synchronous objects
+  (:class:`Authenticator`, :class:`~headwater.broker.access.AccessPolicy`) called directly,
+  not through amqtt's plugin manager, which would create one task per plugin per message.
+* **Retained-message leak** (NOTES.md): amqtt replays retained messages for every client's filters
+  to a subscriber, without the ACL's receive check. Here a subscriber gets only retained messages
+  matching its *own* filters that the ACL lets it receive.
+* **Durable retained messages**: every change to the retained set is written through
+  :class:`~headwater.plugins.streams.store.RetainedStore`; client publishes are written before
+  their PUBACK (see :mod:`headwater.broker.durable`), and the set is restored before any
+  listener opens.
+
+It must never decide what a plugin stores: that goes through the publish gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import websockets
+import websockets.asyncio.server
+from amqtt.broker import Broker, RetainedApplicationMessage, Server
+from amqtt.contexts import Action
+
+from headwater.broker.durable import (
+    PRINCIPAL_ATTRIBUTE,
+    DurableAckProtocolHandler,
+    IncomingPublish,
+    PublishGate,
+    principal_of,
+)
+from headwater.broker.passwords import PasswordFile, PasswordFileError
+from headwater.broker.topics import topic_matches
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from pathlib import Path
+
+    from amqtt.adapters import ReaderAdapter, WriterAdapter
+    from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+    from amqtt.session import Session
+
+    from headwater.broker.access import AccessPolicy
+    from headwater.broker.config import ListenerConfig
+    from headwater.plugins.streams.store import RetainedStore
+
+__all__ = ["Authenticator", "BoundListener", "HeadwaterBroker", "ListenerStartError", "RetainedPersistence"]
+
+logger = logging.getLogger(__name__)
+
+
+class ListenerStartError(Exception):
+    """A listener could not be opened (port in use, bad certificate...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BoundListener:
+    name: str
+    type: str
+    host: str
+    port: int
+    tls: bool
+
+    @property
+    def url(self) -> str:
+        scheme = {"tcp": "mqtt", "ws": "ws"}[self.type] + ("s" if self.tls else "")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+class Authenticator:
+    """Decides CONNECTs: anonymous access and the password file (re-read when it changes)."""
+
+    def __init__(self, *, allow_anonymous: bool, password_file: Path | None) -> None:
+        self.allow_anonymous = allow_anonymous
+        self._password_path = password_file
+        self._passwords: PasswordFile | None = None
+        self._passwords_stamp: tuple[int, int] | None = None
+
+    def check_password_file(self) -> None:
+        """Load the password file now, so a broken one stops the start with a clear message."""
+        self._current_passwords()
+
+    def _current_passwords(self) -> PasswordFile | None:
+        if self._password_path is None:
+            return None
+        stat = self._password_path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp != self._passwords_stamp:
+            self._passwords = PasswordFile.load(self._password_path)
+            self._passwords_stamp = stamp
+            logger.info("loaded %d user(s) from %s", len(self._passwords.usernames), self._password_path)
+        return self._passwords
+
+    async def authenticate(self, username: str | None, password: str | None) -> tuple[bool, str | None]:
+        """Return (accepted, principal). The principal is None for anonymous clients."""
+        if username is None:
+            return self.allow_anonymous, None
+        try:
+            passwords = self._current_passwords()
+        except (OSError, PasswordFileError) as exc:
+            logger.error("refusing login of %r: password file unusable: %s", username, exc)  # noqa: TRY400
+            return False, None
+        if passwords is None:
+            # No password file: a claimed username proves nothing, so it gets anonymous rights.
+            return self.allow_anonymous, None
+        # argon2 is deliberately slow: keep it off the event loop.
+        accepted = await asyncio.to_thread(passwords.verify, username, password or "")
+        return accepted, username if accepted else None
+
+
+class RetainedPersistence:
+    """The publish interceptor that writes retained messages before their PUBACK."""
+
+    def __init__(self, store: RetainedStore, request_sync: Callable[[], asyncio.Future[None]]) -> None:
+        self._store = store
+        self._request_sync = request_sync
+
+    def intercept(self, message: IncomingPublish) -> Awaitable[None] | None:
+        if not message.retain:
+            return None
+        self._store.put(message.topic, message.payload, message.qos)
+        return self._request_sync()
+
+
+class HeadwaterBroker(Broker):
+    """amqtt's broker with Headwater's listeners, security and durable retained messages."""
+
+    def __init__(
+        self,
+        *,
+        listeners: tuple[ListenerConfig, ...],
+        authenticator: Authenticator,
+        gate: PublishGate,
+        access: AccessPolicy,
+        retained_store: RetainedStore | None,
+        before_listen: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        # amqtt gets no plugins at all (an empty map keeps its defaults out) and one unbound
+        # listener: Headwater opens the sockets itself in _start_listeners.
+        super().__init__({"listeners": {"default": {"bind": None}}, "plugins": {}})
+        self._headwater_listeners = listeners
+        # amqtt only looks listeners up by name to hand them to _authenticate, which ignores them.
+        self.listeners_config = {listener.name: listener for listener in listeners}  # type: ignore[misc]
+        self._authenticator = authenticator
+        self._gate = gate
+        self._access = access
+        self._retained_store = retained_store
+        self._before_listen = before_listen
+        self.bound: tuple[BoundListener, ...] = ()
+
+    # --- listeners ---------------------------------------------------------------------------
+
+    async def _start_listeners(self) -> None:
+        self._restore_retained()
+        if self._before_listen is not None:
+            await self._before_listen()
+        bound: list[BoundListener] = []
+        for listener in self._headwater_listeners:
+            instance = await self._open_listener(listener)
+            self._servers[listener.name] = Server(listener.name, instance)
+            for host, port in _socket_addresses(instance):
+                bound.append(BoundListener(listener.name, listener.type, host, port, listener.tls is not None))
+        self.bound = tuple(bound)
+
+    async def _open_listener(
+        self, listener: ListenerConfig
+    ) -> asyncio.Server | websockets.asyncio.server.Server:
+        ssl_context = _server_ssl_context(listener)
+        try:
+            if listener.type == "ws":
+                return await websockets.serve(
+                    partial(self.ws_connected, listener_name=listener.name),
+                    listener.host,
+                    listener.port,
+                    ssl=ssl_context,
+                    subprotocols=[websockets.Subprotocol("mqtt")],
+                )
+            return await asyncio.start_server(
+                partial(self.stream_connected, listener_name=listener.name),
+                listener.host,
+                listener.port,
+                reuse_address=True,
+                ssl=ssl_context,
+            )
+        except OSError as exc:
+            msg = f"broker.listeners.{listener.name}: cannot listen on {listener.host}:{listener.port}: {exc.strerror or exc}"
+            raise ListenerStartError(msg) from exc
+
+    # --- security ----------------------------------------------------------------------------
+
+    async def _initialize_client_session(
+        self,
+        reader: ReaderAdapter,
+        writer: WriterAdapter,
+        remote_address: str,
+        remote_port: int,
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        _, session = await super()._initialize_client_session(reader, writer, remote_address, remote_port)
+        # The handler amqtt built holds no state yet: swap in the one that delays acks.
+        handler = DurableAckProtocolHandler(self.plugins_manager, gate=self._gate, loop=self._loop)
+        return handler, session
+
+    async def _authenticate(self, session: Session, _: Any) -> bool:  # noqa: ANN401 - amqtt's signature
+        accepted, principal = await self._authenticator.authenticate(session.username, session.password)
+        session.password = None  # nothing secret stays in memory longer than needed
+        session.attributes[PRINCIPAL_ATTRIBUTE] = principal
+        session.is_anonymous = principal is None
+        if not accepted:
+            logger.info(
+                "refused connection of client %r from %s (%s)",
+                session.client_id,
+                session.remote_address,
+                "anonymous access disabled" if session.username is None else "bad username or password",
+            )
+        return accepted
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        principal = principal_of(session)
+        if action == Action.PUBLISH:
+            allowed = self._gate.may_publish(principal, topic)
+        elif action == Action.SUBSCRIBE:
+            allowed = self._access.may_subscribe(principal, topic)
+        else:
+            allowed = self._access.may_receive(principal, topic)
+        return allowed
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        # amqtt calls this for *every* filter of every client when a session resumes, and never
+        # checks the receive ACL: deliver only for this session's own filters, ACL-checked.
+        topic_filter, _ = subscription
+        granted = next(
+            (qos for owner, qos in self._subscriptions.get(topic_filter, []) if owner.client_id == session.client_id),
+            None,
+        )
+        handler = self._get_handler(session)
+        if granted is None or handler is None:
+            return
+        principal = principal_of(session)
+        publishes = [
+            handler.mqtt_publish(retained.topic, retained.data, min(granted, retained.qos or 0), retain=True)
+            for topic, retained in list(self._retained_messages.items())
+            if topic_matches(topic_filter, topic) and self._access.may_receive(principal, topic)
+        ]
+        results = await asyncio.gather(*publishes, return_exceptions=True)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            logger.warning(
+                "%d retained message(s) not delivered to client %s: %s",
+                len(failures),
+                session.client_id,
+                failures[0],
+            )
+
+    # --- retained messages -------------------------------------------------------------------
+
+    def _restore_retained(self) -> None:
+        if self._retained_store is None:
+            return
+        restored = self._retained_store.load_all()
+        for message in restored:
+            self._retained_messages[message.topic] = RetainedApplicationMessage(
+                None, message.topic, message.payload, message.qos
+            )
+        logger.info("restored %d retained message(s)", len(restored))
+
+    async def retain_message(
+        self,
+        source_session: Session | None,
+        topic_name: str | None,
+        data: bytes | bytearray | None,
+        qos: int | None = None,
+    ) -> None:
+        # Client publishes were already written before their PUBACK; writing again keeps the
+        # disk equal to memory whatever order concurrent publishers' writes happened in, and
+        # covers will messages and Headwater's own retained status messages.
+        if self._retained_store is not None and topic_name is not None:
+            self._retained_store.put(topic_name, bytes(data or b""), qos or 0)
+        await super().retain_message(source_session, topic_name, data, qos)
+
+
+def _server_ssl_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+    tls = listener.tls
+    if tls is None:
+        return None
+    where = f"broker.listeners.{listener.name}.tls"
+    try:
+        context = ssl.create_default_context(
+            ssl.Purpose.CLIENT_AUTH, cafile=str(tls.cafile) if tls.cafile else None
+        )
+        context.load_cert_chain(str(tls.certfile), str(tls.keyfile))
+    except (OSError, ssl.SSLError) as exc:
+        msg = f"{where}: cannot load certificate or key: {exc}"
+        raise ListenerStartError(msg) from exc
+    if tls.require_client_cert:
+        context.verify_mode = ssl.CERT_REQUIRED
+    elif tls.cafile is not None:
+        context.verify_mode = ssl.CERT_OPTIONAL
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _socket_addresses(
+    instance: asyncio.Server | websockets.asyncio.server.Server,
+) -> list[tuple[str, int]]:
+    sockets = instance.sockets if isinstance(instance, asyncio.Server) else instance.sockets
+    addresses: list[tuple[str, int]] = []
+    for sock in sockets or ():
+        host, port = sock.getsockname()[:2]
+        addresses.append((str(host), int(port)))
+    return addresses

@@ -1,0 +1,1 @@
+"""Headwater's tests: unit, integration and end-to-end (see tests/conftest.py)."""

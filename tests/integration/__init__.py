@@ -1,0 +1,1 @@
+"""Integration tests: real processes, real sockets, a real Docker engine, an AWS emulator."""

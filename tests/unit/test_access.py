@@ -1,0 +1,241 @@
+"""Unit and property tests for headwater.broker.access."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from headwater.broker.access import ANONYMOUS, AccessPolicy
+from headwater.broker.config import TopicACL
+from headwater.broker.topics import InvalidTopicError, filter_covers, topic_matches
+
+ACL = {
+    ANONYMOUS: TopicACL(publish=("public/#",), subscribe=("public/#", "headwater/+/status")),
+    "alice": TopicACL(publish=("sensors/alice/#", "headwater/#"), subscribe=("#", "$SYS/#")),
+    "device": TopicACL(publish=("sensors/%u/telemetry",), subscribe=("commands/%u/#",)),
+    "nobody": TopicACL(),
+}
+
+
+@pytest.fixture
+def policy() -> AccessPolicy:
+    return AccessPolicy(ACL)
+
+
+def test_no_acl_allows_every_valid_topic() -> None:
+    policy = AccessPolicy(None)
+    assert not policy.restricted
+    for username in (None, "anyone"):
+        assert policy.may_publish(username, "a/b")
+        assert policy.may_publish(username, "$SYS/x")
+        assert policy.may_subscribe(username, "#")
+        assert policy.may_receive(username, "$SYS/x")
+
+
+@pytest.mark.parametrize("acl", [None, {"alice": TopicACL(publish=("#",), subscribe=("#",))}])
+def test_invalid_topics_are_never_allowed(acl: dict[str, TopicACL] | None) -> None:
+    policy = AccessPolicy(acl)
+    assert not policy.may_publish("alice", "a/+")
+    assert not policy.may_publish("alice", "")
+    assert not policy.may_publish("alice", "a\x00")
+    assert not policy.may_receive("alice", "a/#")
+    assert not policy.may_subscribe("alice", "a/#/b")
+    assert not policy.may_subscribe("alice", "")
+
+
+def test_anonymous_entry_applies_to_clients_without_username(policy: AccessPolicy) -> None:
+    assert policy.restricted
+    assert policy.may_publish(None, "public/chat")
+    assert not policy.may_publish(None, "sensors/alice/t")
+    assert policy.may_subscribe(None, "public/+")
+    assert policy.may_subscribe(None, "headwater/+/status")
+    assert policy.may_subscribe(None, "headwater/deploy/status")
+    assert not policy.may_subscribe(None, "headwater/#")
+    assert policy.may_receive(None, "headwater/deploy/status")
+    assert not policy.may_receive(None, "headwater/deploy/web")
+
+
+def test_unknown_user_gets_nothing(policy: AccessPolicy) -> None:
+    for username in ("mallory", ""):
+        assert not policy.may_publish(username, "public/chat")
+        assert not policy.may_subscribe(username, "public/#")
+        assert not policy.may_receive(username, "public/chat")
+
+
+def test_user_with_empty_entry_gets_nothing(policy: AccessPolicy) -> None:
+    assert not policy.may_publish("nobody", "a")
+    assert not policy.may_subscribe("nobody", "a")
+    assert not policy.may_receive("nobody", "a")
+
+
+def test_named_user(policy: AccessPolicy) -> None:
+    assert policy.may_publish("alice", "sensors/alice")
+    assert policy.may_publish("alice", "sensors/alice/t/1")
+    assert not policy.may_publish("alice", "sensors/bob/t")
+    assert policy.may_subscribe("alice", "#")
+    assert policy.may_subscribe("alice", "+/x/#")
+    assert policy.may_subscribe("alice", "$SYS/broker/+")
+    assert policy.may_receive("alice", "anything/at/all")
+    assert policy.may_receive("alice", "$SYS/broker/uptime")
+
+
+def test_hash_grant_does_not_reach_dollar_topics() -> None:
+    policy = AccessPolicy({"bob": TopicACL(publish=("#",), subscribe=("#",))})
+    assert policy.may_receive("bob", "a/b")
+    assert not policy.may_receive("bob", "$SYS/broker/uptime")
+    assert not policy.may_subscribe("bob", "$SYS/#")
+    assert not policy.may_publish("bob", "$internal")
+
+
+def test_subscribe_needs_one_covering_filter() -> None:
+    policy = AccessPolicy({"bob": TopicACL(subscribe=("a", "a/+/#"))})
+    assert policy.may_subscribe("bob", "a")
+    assert policy.may_subscribe("bob", "a/x/y")
+    # 'a/#' is covered by the union of both rules, but by neither alone: refused.
+    assert not policy.may_subscribe("bob", "a/#")
+    assert policy.may_receive("bob", "a")
+    assert policy.may_receive("bob", "a/x")
+
+
+def test_username_placeholder_is_substituted(policy: AccessPolicy) -> None:
+    assert policy.may_publish("device", "sensors/device/telemetry")
+    assert not policy.may_publish("device", "sensors/%u/telemetry")
+    assert not policy.may_publish("device", "sensors/other/telemetry")
+    assert policy.may_subscribe("device", "commands/device/#")
+    assert not policy.may_subscribe("device", "commands/#")
+    assert policy.may_receive("device", "commands/device/reboot")
+
+
+def test_username_placeholder_inside_a_level() -> None:
+    policy = AccessPolicy({"kitchen": TopicACL(publish=("rooms/%u-sensors/+",))})
+    assert policy.may_publish("kitchen", "rooms/kitchen-sensors/temp")
+    assert not policy.may_publish("kitchen", "rooms/hall-sensors/temp")
+
+
+def test_username_placeholder_never_matches_anonymous() -> None:
+    shared = TopicACL(publish=("users/%u/#", "public"), subscribe=("users/%u/#",))
+    policy = AccessPolicy({ANONYMOUS: shared})
+    assert policy.may_publish(None, "public")
+    assert not policy.may_publish(None, "users/%u/x")
+    assert not policy.may_publish(None, "users/anonymous/x")
+    assert not policy.may_publish(None, "users//x")
+    assert not policy.may_receive(None, "users/anonymous/x")
+    assert not policy.may_subscribe(None, "users/anonymous/#")
+
+
+@pytest.mark.parametrize("username", ["a/b", "a+", "a#", "a\x00"])
+def test_username_placeholder_refuses_shape_changing_usernames(username: str) -> None:
+    policy = AccessPolicy({username: TopicACL(publish=("users/%u/#", "public"), subscribe=("users/%u",))})
+    assert policy.may_publish(username, "public")
+    assert not policy.may_publish(username, "users/a/b/x")
+    assert not policy.may_publish(username, "users/a")
+    assert not policy.may_receive(username, "users/a/b")
+
+
+def test_empty_username_placeholder_applies_to_nothing() -> None:
+    policy = AccessPolicy({"": TopicACL(publish=("users/%u/#",))})
+    assert not policy.may_publish("", "users//x")
+
+
+@pytest.mark.parametrize(
+    ("acl", "message"),
+    [
+        ({"alice": TopicACL(publish=("ok", "a/#/b"))}, "acl.alice.publish[1]"),
+        ({"alice": TopicACL(subscribe=("a+",))}, "acl.alice.subscribe[0]"),
+        ({ANONYMOUS: TopicACL(subscribe=("",))}, "acl.anonymous.subscribe[0]"),
+    ],
+)
+def test_invalid_acl_filters_are_refused_at_construction(acl: dict[str, TopicACL], message: str) -> None:
+    with pytest.raises(InvalidTopicError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        AccessPolicy(acl)
+
+
+def test_placeholder_substitution_can_make_a_filter_too_long() -> None:
+    username = "u" * 40000
+    with pytest.raises(InvalidTopicError, match=r"after %u"):
+        AccessPolicy({username: TopicACL(publish=("%u/%u",))})
+
+
+def test_negative_cache_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="cache_size"):
+        AccessPolicy(None, cache_size=-1)
+
+
+def test_cache_counts_hits_and_stays_bounded() -> None:
+    policy = AccessPolicy(ACL, cache_size=8)
+    assert policy.may_publish("alice", "headwater/x")
+    assert policy.may_publish("alice", "headwater/x")
+    stats = policy.statistics()
+    assert (stats.cache_hits, stats.cache_misses, stats.cache_entries) == (1, 1, 1)
+    assert stats.users == 4
+    assert stats.restricted
+    for number in range(100):
+        policy.may_publish("alice", f"headwater/{number}")
+        policy.may_receive("alice", f"x/{number}")
+    assert policy.statistics().cache_entries == 16
+
+
+def test_uncached_policy_decides_the_same() -> None:
+    cached, uncached = AccessPolicy(ACL), AccessPolicy(ACL, cache_size=0)
+    for username in (None, "alice", "device", "mallory"):
+        for topic in ("public/a", "sensors/device/telemetry", "headwater/x/status", "$SYS/x"):
+            for _ in range(2):
+                assert cached.may_publish(username, topic) == uncached.may_publish(username, topic)
+                assert cached.may_receive(username, topic) == uncached.may_receive(username, topic)
+                assert cached.may_subscribe(username, topic) == uncached.may_subscribe(username, topic)
+    assert uncached.statistics().cache_entries == 0
+
+
+# --- properties: the policy equals the rules applied one by one -----------------------------
+
+LEVELS = ["a", "b", "", "$x", "alice"]
+topic_names = st.lists(st.sampled_from(LEVELS), min_size=1, max_size=4).map("/".join).filter(bool)
+
+
+@st.composite
+def topic_filters(draw: st.DrawFn) -> str:
+    levels = draw(st.lists(st.sampled_from([*LEVELS, "+", "%u"]), min_size=1, max_size=4))
+    if draw(st.booleans()):
+        levels[-1] = "#"
+    return "/".join(levels) or "+"
+
+
+filter_tuples = st.lists(topic_filters(), max_size=4).map(tuple)
+
+
+@given(
+    publish=filter_tuples,
+    subscribe=filter_tuples,
+    username=st.sampled_from([None, "alice"]),
+    topic=topic_names,
+    requested=topic_filters().filter(lambda filter_: "%u" not in filter_),
+)
+@settings(max_examples=1000)
+def test_policy_agrees_with_brute_force(
+    publish: tuple[str, ...],
+    subscribe: tuple[str, ...],
+    username: str | None,
+    topic: str,
+    requested: str,
+) -> None:
+    key = ANONYMOUS if username is None else username
+    policy = AccessPolicy({key: TopicACL(publish=publish, subscribe=subscribe)})
+
+    def effective(filters: tuple[str, ...]) -> list[str]:
+        if username is None:
+            return [filter_ for filter_ in filters if "%u" not in filter_]
+        return [filter_.replace("%u", username) for filter_ in filters]
+
+    assert policy.may_publish(username, topic) == any(
+        topic_matches(filter_, topic) for filter_ in effective(publish)
+    )
+    assert policy.may_receive(username, topic) == any(
+        topic_matches(filter_, topic) for filter_ in effective(subscribe)
+    )
+    assert policy.may_subscribe(username, requested) == any(
+        filter_covers(filter_, requested) for filter_ in effective(subscribe)
+    )
+    # Nobody else gets anything from this ACL.
+    assert not policy.may_publish("mallory", topic)
+    assert not policy.may_receive("mallory", topic)
