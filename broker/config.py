@@ -14,6 +14,14 @@ List items are named by index (``streams.telemetry.exports[0].priority``). Probl
 file as a whole (unreadable, not YAML, empty, not a mapping) have an empty ``path`` and a reason
 that starts with the file name.
 
+Exceptions::
+
+    ValueError
+     └── ConfigError            a config problem: ``key.path: reason`` on one line
+
+:func:`parse_size`, :func:`parse_duration` and :func:`parse_bandwidth` raise plain
+:class:`ValueError` (they know no key path); the validator turns that into a ``ConfigError``.
+
 Reading rules, in one place:
 
 - Scalars follow YAML 1.2, not PyYAML's YAML 1.1 default: only ``true``/``false`` are booleans
