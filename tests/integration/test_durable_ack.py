@@ -207,3 +207,21 @@ def test_publishes_refused_by_the_acl_are_never_offered(headwater_factory: Broke
     assert [m.topic for m in plugin.seen] == ["allowed/x"]
     assert broker.app.gate.statistics().refused_by_acl == 1
     _disconnect(client)
+
+
+def test_retained_message_is_on_disk_before_its_puback(holding: tuple[InProcessBroker, HoldingPlugin]) -> None:
+    broker, plugin = holding
+    held = connect(broker, f"held-{uuid.uuid4().hex[:8]}")
+    topic = f"retained/{uuid.uuid4().hex}"
+    mid = held.client.publish(topic, b"keep-me", qos=1, retain=True).mid
+    plugin.wait_seen(1)
+    assert held.acked == []  # still held by the plugin...
+
+    async def stored_topics() -> set[str]:
+        assert broker.app.host is not None
+        return {message.topic for message in broker.app.host.database.retained.load_all()}
+
+    assert topic in broker.call(stored_topics())  # ...yet already written to RocksDB
+    plugin.release(0)
+    assert held.wait_acked(1) == [mid]
+    _disconnect(held)
