@@ -172,7 +172,9 @@ class DurableAckProtocolHandler(BrokerProtocolHandler):
         try:
             try:
                 for waitable in pending:
-                    await waitable
+                    # shield: interceptors share one future among many publishes (group commit);
+                    # a connection closing must not cancel it for the others.
+                    await asyncio.shield(waitable)
             except Exception as exc:  # noqa: BLE001 - any storage failure means "not durable"
                 await self._refuse_after_failure(exc)
                 return
