@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Self
 
 from headwater.broker.access import AccessPolicy
 from headwater.broker.durable import PublishGate
@@ -40,11 +40,15 @@ logger = logging.getLogger(__name__)
 
 
 class HeadwaterPlugin(Protocol):
+    """What the host needs of a plugin (see the module docstring for the lifecycle)."""
+
     name: str
 
-    async def start(self, host: PluginHost) -> None: ...
+    async def start(self, host: PluginHost) -> None:
+        """Get ready before any listener opens: register interceptors, spawn tasks."""
 
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """Finish in-flight work and release resources; clients are gone by now."""
 
 
 class PluginHost:
@@ -90,6 +94,8 @@ class PluginHost:
 
 @dataclass(frozen=True, slots=True)
 class HeadwaterStatistics:
+    """A snapshot of a running Headwater."""
+
     connected_clients: int
     retained_messages: int
 
@@ -113,16 +119,19 @@ class Headwater:
 
     @property
     def bound(self) -> tuple[BoundListener, ...]:
+        """Where the listeners actually listen (ports resolved)."""
         return self._broker.bound if self._broker else ()
 
     @property
     def broker(self) -> HeadwaterBroker:
+        """The running amqtt broker (raises if not started)."""
         if self._broker is None:
             msg = "Headwater is not started"
             raise RuntimeError(msg)
         return self._broker
 
     async def start(self) -> None:
+        """Open the database, restore retained messages, start plugins, open listeners."""
         config = self.config
         authenticator = Authenticator(
             allow_anonymous=config.broker.allow_anonymous, password_file=config.broker.password_file
@@ -181,11 +190,14 @@ class Headwater:
         logger.info("Headwater stopped")
 
     def statistics(self) -> HeadwaterStatistics:
+        """Counters for monitoring and tests."""
         broker = self.broker
         connected = sum(1 for session, _ in broker.sessions.values() if session.transitions.is_connected())
-        return HeadwaterStatistics(connected_clients=connected, retained_messages=len(broker.retained_messages))
+        return HeadwaterStatistics(
+            connected_clients=connected, retained_messages=len(broker.retained_messages)
+        )
 
-    async def __aenter__(self) -> Headwater:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

@@ -190,17 +190,30 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headwater",
-        description="Headwater: an MQTT edge hub with durable streams, AWS uploaders and docker compose deployments.",
+        description="Headwater: an MQTT edge hub with durable streams, AWS uploaders "
+        "and docker compose deployments.",
         epilog="Run 'headwater COMMAND --help' for a command's options.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the broker with all plugins", description="Run the Headwater broker.")
-    run.add_argument("-c", "--config", metavar="FILE", help="YAML config (default: the embedded default config)")
-    run.add_argument("--data-dir", metavar="DIR", help="where streams and retained messages live (overrides data_dir)")
-    run.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format (default: text)")
-    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default: INFO")
-    run.add_argument("--no-uvloop", action="store_true", help="use asyncio's default event loop instead of uvloop")
+    run = commands.add_parser(
+        "run", help="run the broker with all plugins", description="Run the Headwater broker."
+    )
+    run.add_argument(
+        "-c", "--config", metavar="FILE", help="YAML config (default: the embedded default config)"
+    )
+    run.add_argument(
+        "--data-dir", metavar="DIR", help="where streams and retained messages live (overrides data_dir)"
+    )
+    run.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="log line format (default: text)"
+    )
+    run.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default: INFO"
+    )
+    run.add_argument(
+        "--no-uvloop", action="store_true", help="use asyncio's default event loop instead of uvloop"
+    )
     run.add_argument("--check-config", action="store_true", help="validate the config, print OK and exit")
     run.set_defaults(handler=_cmd_run)
 
@@ -253,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``headwater`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         return int(args.handler(args))

@@ -91,6 +91,8 @@ class PublishInterceptor(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class GateStatistics:
+    """Counters of :class:`PublishGate`."""
+
     offered: int
     refused_by_acl: int
     durable_failures: int
@@ -108,9 +110,11 @@ class PublishGate:
         self._durable_failures = 0
 
     def add_interceptor(self, interceptor: PublishInterceptor) -> None:
+        """Register ``interceptor``; it sees every accepted publish from now on."""
         self._interceptors.append(interceptor)
 
     def remove_interceptor(self, interceptor: PublishInterceptor) -> None:
+        """Unregister ``interceptor``."""
         self._interceptors.remove(interceptor)
 
     def may_publish(self, username: str | None, topic: str) -> bool:
@@ -130,12 +134,15 @@ class PublishGate:
         return pending
 
     def note_refused(self) -> None:
+        """Count a publish the ACL refused."""
         self._refused_by_acl += 1
 
     def note_durable_failure(self) -> None:
+        """Count a publish that could not be made durable (and was not acknowledged)."""
         self._durable_failures += 1
 
     def statistics(self) -> GateStatistics:
+        """A snapshot of the counters."""
         return GateStatistics(
             offered=self._offered,
             refused_by_acl=self._refused_by_acl,
@@ -160,6 +167,7 @@ class DurableAckProtocolHandler(BrokerProtocolHandler):
         self._failure_logged = False
 
     async def handle_publish(self, publish_packet: PublishPacket) -> None:
+        """Offer, wait for durability (QoS 1/2), then let amqtt acknowledge and route."""
         # Everything up to the first await runs in packet-arrival order (one task per packet,
         # started in order): the ACL check and the offer to interceptors must stay above it.
         pending = self._offer(publish_packet)

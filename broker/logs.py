@@ -40,12 +40,15 @@ class _NoTracebackForReportedErrors(logging.Filter):
 
 
 def setup_logging(*, log_format: LogFormat = "text", level: str = "INFO") -> None:
+    """Send every log line to stderr as text or JSON; quiet third-party INFO chatter."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+            logging.Formatter(
+                "%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S"
+            )
         )
     handler.addFilter(_NoTracebackForReportedErrors())
     root = logging.getLogger()

@@ -67,6 +67,8 @@ class ListenerStartError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class BoundListener:
+    """A listening socket: which listener, where, and whether it speaks TLS."""
+
     name: str
     type: str
     host: str
@@ -75,6 +77,7 @@ class BoundListener:
 
     @property
     def url(self) -> str:
+        """The URL a client would use, e.g. ``mqtt://127.0.0.1:1883``."""
         scheme = {"tcp": "mqtt", "ws": "ws"}[self.type] + ("s" if self.tls else "")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
@@ -129,6 +132,7 @@ class RetainedPersistence:
         self._request_sync = request_sync
 
     def intercept(self, message: IncomingPublish) -> Awaitable[None] | None:
+        """Write a retained message (or its deletion) before the PUBACK; fsync owed."""
         if not message.retain:
             return None
         self._store.put(message.topic, message.payload, message.qos)
@@ -172,7 +176,9 @@ class HeadwaterBroker(Broker):
             instance = await self._open_listener(listener)
             self._servers[listener.name] = Server(listener.name, instance)
             for host, port in _socket_addresses(instance):
-                bound.append(BoundListener(listener.name, listener.type, host, port, listener.tls is not None))
+                bound.append(
+                    BoundListener(listener.name, listener.type, host, port, listener.tls is not None)
+                )
         self.bound = tuple(bound)
 
     async def _open_listener(
@@ -196,7 +202,8 @@ class HeadwaterBroker(Broker):
                 ssl=ssl_context,
             )
         except OSError as exc:
-            msg = f"broker.listeners.{listener.name}: cannot listen on {listener.host}:{listener.port}: {exc.strerror or exc}"
+            where = f"broker.listeners.{listener.name}"
+            msg = f"{where}: cannot listen on {listener.host}:{listener.port}: {exc.strerror or exc}"
             raise ListenerStartError(msg) from exc
 
     # --- security ----------------------------------------------------------------------------
@@ -213,7 +220,7 @@ class HeadwaterBroker(Broker):
         handler = DurableAckProtocolHandler(self.plugins_manager, gate=self._gate, loop=self._loop)
         return handler, session
 
-    async def _authenticate(self, session: Session, _: Any) -> bool:  # noqa: ANN401 - amqtt's signature
+    async def _authenticate(self, session: Session, _: Any) -> bool:
         accepted, principal = await self._authenticator.authenticate(session.username, session.password)
         session.password = None  # nothing secret stays in memory longer than needed
         session.attributes[PRINCIPAL_ATTRIBUTE] = principal
@@ -244,7 +251,11 @@ class HeadwaterBroker(Broker):
         # checks the receive ACL: deliver only for this session's own filters, ACL-checked.
         topic_filter, _ = subscription
         granted = next(
-            (qos for owner, qos in self._subscriptions.get(topic_filter, []) if owner.client_id == session.client_id),
+            (
+                qos
+                for owner, qos in self._subscriptions.get(topic_filter, [])
+                if owner.client_id == session.client_id
+            ),
             None,
         )
         handler = self._get_handler(session)
@@ -285,6 +296,7 @@ class HeadwaterBroker(Broker):
         data: bytes | bytearray | None,
         qos: int | None = None,
     ) -> None:
+        """Keep ``data`` as the retained message of ``topic_name`` (empty deletes), on disk too."""
         # Client publishes were already written before their PUBACK; writing again keeps the
         # disk equal to memory whatever order concurrent publishers' writes happened in, and
         # covers will messages and Headwater's own retained status messages.
@@ -318,7 +330,7 @@ def _server_ssl_context(listener: ListenerConfig) -> ssl.SSLContext | None:
 def _socket_addresses(
     instance: asyncio.Server | websockets.asyncio.server.Server,
 ) -> list[tuple[str, int]]:
-    sockets = instance.sockets if isinstance(instance, asyncio.Server) else instance.sockets
+    sockets = instance.sockets
     addresses: list[tuple[str, int]] = []
     for sock in sockets or ():
         host, port = sock.getsockname()[:2]

@@ -24,6 +24,8 @@ class InvalidURLError(ValueError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectionSettings:
+    """Host, port, TLS and credentials of a broker, parsed from a URL."""
+
     host: str
     port: int
     tls: bool = False
@@ -32,6 +34,7 @@ class ConnectionSettings:
 
     @classmethod
     def from_url(cls, url: str) -> ConnectionSettings:
+        """Parse ``url``; raise :class:`InvalidURLError` naming what is wrong (never the password)."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in _DEFAULT_PORTS:

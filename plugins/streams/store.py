@@ -101,6 +101,8 @@ class StorageWriteError(StorageError):
 
 @dataclass(frozen=True, slots=True)
 class RetainedMessage:
+    """A retained message as stored: topic, payload, QoS."""
+
     topic: str
     payload: bytes
     qos: int
@@ -108,14 +110,16 @@ class RetainedMessage:
 
 @dataclass(frozen=True, slots=True)
 class StoreStatistics:
+    """Counters of :class:`Database`."""
+
     wal_syncs: int
     corrupt_records_skipped: int
 
 
 def _options() -> Options:
     options = Options(raw_mode=True)
-    options.create_if_missing(True)
-    options.create_missing_column_families(True)
+    options.create_if_missing(True)  # noqa: FBT003 - rocksdict's setter API
+    options.create_missing_column_families(True)  # noqa: FBT003
     return options
 
 
@@ -167,7 +171,7 @@ class Database:
             batch.put(b"format", _FORMAT_VERSION, meta)
             self.write(batch)
         elif found != _FORMAT_VERSION:
-            msg = f"{self.path}: unsupported on-disk format {found!r} (this Headwater reads {_FORMAT_VERSION!r})"
+            msg = f"{self.path}: unsupported on-disk format {found!r} (expected {_FORMAT_VERSION!r})"
             raise StorageOpenError(msg)
 
     @property
@@ -178,6 +182,7 @@ class Database:
         return self._db
 
     def column_family(self, name: str) -> ColumnFamily:
+        """The handle of column family ``name`` (for batches built by this module)."""
         return self._column_families[name]
 
     def write(self, batch: WriteBatch) -> None:
@@ -215,19 +220,22 @@ class Database:
                 waiter.set_result(None)
 
     def note_corrupt_record(self, where: str, reason: str) -> None:
+        """Count and log a record that failed its checks; it is skipped, never returned."""
         self._corrupt_records_skipped += 1
         logger.error("skipping corrupt record in %s: %s", where, reason)
 
     def statistics(self) -> StoreStatistics:
-        return StoreStatistics(wal_syncs=self._wal_syncs, corrupt_records_skipped=self._corrupt_records_skipped)
+        """A snapshot of the counters."""
+        return StoreStatistics(
+            wal_syncs=self._wal_syncs, corrupt_records_skipped=self._corrupt_records_skipped
+        )
 
     def iter_items(self, family: str) -> Iterator[tuple[bytes, bytes]]:
         """Iterate a column family in key order. The iterator is released when exhausted."""
         view = self._rdict.get_column_family(family)
         try:
-            for key, value in view.items():
-                # raw_mode: keys and values are always bytes
-                yield key, value  # type: ignore[misc]
+            # raw_mode: keys and values are always bytes
+            yield from view.items()
         finally:
             del view
 
@@ -239,6 +247,7 @@ class Database:
         self.close()
 
     def close(self) -> None:
+        """Flush the WAL and close; idempotent."""
         if self._db is None:
             return
         db, self._db = self._db, None

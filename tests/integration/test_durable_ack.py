@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
@@ -103,10 +102,10 @@ def connect(broker: InProcessBroker, client_id: str) -> AckRecorder:
 
 
 @pytest.fixture
-def holding(headwater_factory: BrokerFactory) -> Iterator[tuple[InProcessBroker, HoldingPlugin]]:
+def holding(headwater_factory: BrokerFactory) -> tuple[InProcessBroker, HoldingPlugin]:
     plugin = HoldingPlugin()
     broker = headwater_factory(plugins=[plugin])
-    yield broker, plugin
+    return broker, plugin
 
 
 def _disconnect(*recorders: AckRecorder) -> None:
@@ -209,7 +208,9 @@ def test_publishes_refused_by_the_acl_are_never_offered(headwater_factory: Broke
     _disconnect(client)
 
 
-def test_retained_message_is_on_disk_before_its_puback(holding: tuple[InProcessBroker, HoldingPlugin]) -> None:
+def test_retained_message_is_on_disk_before_its_puback(
+    holding: tuple[InProcessBroker, HoldingPlugin],
+) -> None:
     broker, plugin = holding
     held = connect(broker, f"held-{uuid.uuid4().hex[:8]}")
     topic = f"retained/{uuid.uuid4().hex}"

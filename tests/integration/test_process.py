@@ -51,7 +51,7 @@ def test_signal_shuts_down_gracefully(headwater_process: type[HeadwaterProcess],
 
 
 def _run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own executable
+    return subprocess.run(
         [headwater_executable(), *args], capture_output=True, text=True, input=stdin, timeout=60, check=False
     )
 
@@ -107,14 +107,20 @@ def test_passwd_command_then_login(tmp_path: Path, headwater_process: type[Headw
 
     process = headwater_process({"broker": {"allow_anonymous": False, "password_file": str(passwords)}})
     mosquitto_pub(process.port, "a/b", "hi", qos=1, username="alice", password="s3cret")
-    assert mosquitto_pub(process.port, "a/b", "hi", username="alice", password="nope", check=False).returncode != 0
+    assert (
+        mosquitto_pub(process.port, "a/b", "hi", username="alice", password="nope", check=False).returncode
+        != 0
+    )
 
     replaced = _run("passwd", str(passwords), "alice", stdin="n3w\n")
     assert replaced.returncode == 0
     # the running broker notices the changed file: no restart needed
     mosquitto_pub(process.port, "a/b", "hi", qos=1, username="alice", password="n3w")
     assert _run("passwd", "-D", str(passwords), "alice").returncode == 0
-    assert mosquitto_pub(process.port, "a/b", "hi", username="alice", password="n3w", check=False).returncode != 0
+    assert (
+        mosquitto_pub(process.port, "a/b", "hi", username="alice", password="n3w", check=False).returncode
+        != 0
+    )
 
 
 def test_client_commands_say_not_implemented(monkeypatch: pytest.MonkeyPatch) -> None:
