@@ -23,6 +23,7 @@ It must never decide what a plugin stores: that goes through the publish gate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from dataclasses import dataclass
@@ -164,6 +165,9 @@ class HeadwaterBroker(Broker):
         self._retained_store = retained_store
         self._before_listen = before_listen
         self.bound: tuple[BoundListener, ...] = ()
+        # Every accepted connection's task and writer, so that shutdown leaves none behind
+        # (amqtt only closes connections that already have a session).
+        self._connections: dict[asyncio.Task[Any], WriterAdapter] = {}
 
     # --- listeners ---------------------------------------------------------------------------
 
@@ -205,6 +209,39 @@ class HeadwaterBroker(Broker):
             where = f"broker.listeners.{listener.name}"
             msg = f"{where}: cannot listen on {listener.host}:{listener.port}: {exc.strerror or exc}"
             raise ListenerStartError(msg) from exc
+
+    async def _client_connected(
+        self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - asyncio runs every connection in a task
+        self._connections[task] = writer
+        try:
+            await super()._client_connected(listener_name, reader, writer)
+        finally:
+            self._connections.pop(task, None)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, close every connection and session, and leave no connection task."""
+        for server in self._servers.values():
+            server.instance.close()
+        # Connections still in the CONNECT handshake have no session for amqtt to clean up.
+        with_session = {handler.writer for _, handler in self._sessions.values()}
+        await self._close_connections([w for w in self._connections.values() if w not in with_session])
+        await super().shutdown()
+        await self._close_connections(list(self._connections.values()))
+        tasks = list(self._connections)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @staticmethod
+    async def _close_connections(writers: list[WriterAdapter]) -> None:
+        async def close(writer: WriterAdapter) -> None:
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(writer.close(), timeout=2)
+
+        await asyncio.gather(*(close(writer) for writer in writers))
 
     # --- security ----------------------------------------------------------------------------
 
