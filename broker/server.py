@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import websockets
 import websockets.asyncio.server
+from amqtt.adapters import StreamWriterAdapter
 from amqtt.broker import Broker, RetainedApplicationMessage, Server
 from amqtt.contexts import Action
 
@@ -220,6 +221,7 @@ class HeadwaterBroker(Broker):
             await super()._client_connected(listener_name, reader, writer)
         finally:
             self._connections.pop(task, None)
+            _close_transport(writer)
 
     async def shutdown(self) -> None:
         """Stop accepting, close every connection and session, and leave no connection task."""
@@ -240,6 +242,7 @@ class HeadwaterBroker(Broker):
         async def close(writer: WriterAdapter) -> None:
             with contextlib.suppress(OSError, TimeoutError):
                 await asyncio.wait_for(writer.close(), timeout=2)
+            _close_transport(writer)
 
         await asyncio.gather(*(close(writer) for writer in writers))
 
@@ -373,3 +376,15 @@ def _socket_addresses(
         host, port = sock.getsockname()[:2]
         addresses.append((str(host), int(port)))
     return addresses
+
+
+def _close_transport(writer: WriterAdapter) -> None:
+    """Make sure a TCP connection's transport is closed.
+
+    amqtt's ``StreamWriterAdapter.close`` marks itself closed, then drains: when the peer is
+    already gone the drain raises and the transport is never closed (a leaked socket).
+    """
+    if isinstance(writer, StreamWriterAdapter):
+        stream = writer._writer  # noqa: SLF001 - amqtt keeps no public handle on it
+        if not stream.is_closing():
+            stream.close()
