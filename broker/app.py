@@ -141,7 +141,8 @@ class Headwater:
         try:
             host = self.host = PluginHost(config, self._database, self.gate)
             self.gate.add_interceptor(
-                RetainedPersistence(self._database.retained, self._database.request_wal_sync)
+                RetainedPersistence(self._database.retained, self._database.request_wal_sync),
+                retained_only=True,
             )
             self._broker = HeadwaterBroker(
                 listeners=config.broker.listeners,

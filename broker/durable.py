@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 
-from headwater.broker.topics import InvalidTopicError, topic_matches, validate_topic_name
+from headwater.broker.topics import topic_matches
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_DECISION_CACHE_SIZE = 8192
 
 #: Session attribute holding the authenticated username (None = anonymous).
 PRINCIPAL_ATTRIBUTE = "headwater.principal"
@@ -104,30 +106,50 @@ class PublishGate:
     def __init__(self, *, access: AccessPolicy, reserved_filters: tuple[str, ...] = ()) -> None:
         self._access = access
         self._interceptors: list[PublishInterceptor] = []
+        self._retained_interceptors: list[PublishInterceptor] = []
         self.reserved_filters = reserved_filters
+        # (username, topic) -> decision. Topics repeat, and this runs twice per message (before
+        # the ack here, then in amqtt's routing): one dict lookup instead of matching filters.
+        self._publish_decisions: dict[tuple[str | None, str], bool] = {}
         self._offered = 0
         self._refused_by_acl = 0
         self._durable_failures = 0
 
-    def add_interceptor(self, interceptor: PublishInterceptor) -> None:
-        """Register ``interceptor``; it sees every accepted publish from now on."""
-        self._interceptors.append(interceptor)
+    def add_interceptor(self, interceptor: PublishInterceptor, *, retained_only: bool = False) -> None:
+        """Register ``interceptor``; it sees every accepted publish (or retained one) from now on."""
+        (self._retained_interceptors if retained_only else self._interceptors).append(interceptor)
 
     def remove_interceptor(self, interceptor: PublishInterceptor) -> None:
         """Unregister ``interceptor``."""
-        self._interceptors.remove(interceptor)
+        for interceptors in (self._interceptors, self._retained_interceptors):
+            if interceptor in interceptors:
+                interceptors.remove(interceptor)
 
     def may_publish(self, username: str | None, topic: str) -> bool:
         """The broker's one publish decision: ACL plus topics reserved for Headwater itself."""
-        if any(topic_matches(reserved, topic) for reserved in self.reserved_filters):
-            return False
-        return self._access.may_publish(username, topic)
+        key = (username, topic)
+        decision = self._publish_decisions.get(key)
+        if decision is None:
+            decision = not any(
+                topic_matches(reserved, topic) for reserved in self.reserved_filters
+            ) and self._access.may_publish(username, topic)
+            if len(self._publish_decisions) >= _DECISION_CACHE_SIZE:
+                self._publish_decisions.clear()  # cheap bound; topics that matter come back fast
+            self._publish_decisions[key] = decision
+        return decision
+
+    def wants(self, *, retain: bool) -> bool:
+        """Whether any interceptor would see such a message (else skip building it)."""
+        return bool(self._interceptors) or (retain and bool(self._retained_interceptors))
 
     def offer(self, message: IncomingPublish) -> list[Awaitable[None]]:
         """Offer an accepted message to every interceptor; return what must complete first."""
         self._offered += 1
         pending: list[Awaitable[None]] = []
-        for interceptor in self._interceptors:
+        interceptors = self._interceptors
+        if message.retain and self._retained_interceptors:
+            interceptors = self._retained_interceptors + interceptors
+        for interceptor in interceptors:
             waitable = interceptor.intercept(message)
             if waitable is not None:
                 pending.append(waitable)
@@ -175,6 +197,10 @@ class DurableAckProtocolHandler(BrokerProtocolHandler):
             await super().handle_publish(publish_packet)
             return
         previous = self._release_tail
+        if not pending and (previous is None or previous.done()):
+            # Nothing to wait for and nothing earlier still waiting: amqtt's own path.
+            await super().handle_publish(publish_packet)
+            return
         released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._release_tail = released
         try:
@@ -199,15 +225,15 @@ class DurableAckProtocolHandler(BrokerProtocolHandler):
         session = self.session
         if topic is None or data is None or session is None:
             return []
-        try:
-            validate_topic_name(topic)
-        except InvalidTopicError:
-            return []  # amqtt closes the connection for this one; nothing to store
         if topic.startswith("$"):
-            return []
+            return []  # amqtt refuses client publishes to $-topics and closes the connection
         username = principal_of(session)
         if not self._gate.may_publish(username, topic):
+            # Also covers invalid topics (wildcards, "$...") that amqtt then refuses itself.
             self._gate.note_refused()
+            return []
+        retain = bool(publish_packet.retain_flag)
+        if not self._gate.wants(retain=retain):
             return []
         message = IncomingPublish(
             client_id=session.client_id or "",
@@ -215,7 +241,7 @@ class DurableAckProtocolHandler(BrokerProtocolHandler):
             topic=topic,
             payload=bytes(data),
             qos=publish_packet.qos or 0,
-            retain=bool(publish_packet.retain_flag),
+            retain=retain,
             received_at_ms=time.time_ns() // 1_000_000,
         )
         return self._gate.offer(message)
