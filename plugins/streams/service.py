@@ -163,12 +163,22 @@ class StreamService(Protocol):
         """Storage and exports of ``name``; raises :class:`StreamNotFoundError`."""
         ...
 
-    def read(self, name: str, *, from_sequence: int, max_count: int, max_bytes: int | None) -> list[StreamRecord]:
-        """Records with sequence >= ``from_sequence``, oldest first, at most ``max_count`` and
-        (but always at least one record if any) ``max_bytes`` of payload."""
+    def read(
+        self, name: str, *, from_sequence: int, max_count: int, max_bytes: int | None
+    ) -> list[StreamRecord]:
+        """Records with sequence >= ``from_sequence``, oldest first.
+
+        At most ``max_count`` records and ``max_bytes`` of payload, but at least one record if any.
+        """
         ...
 
-    async def wait_for_records(self, name: str, *, from_sequence: int, timeout: float) -> None:
+    async def wait_for_records(
+        self,
+        name: str,
+        *,
+        from_sequence: int,
+        timeout: float,  # noqa: ASYNC109 - a long-poll bound carried by the request
+    ) -> None:
         """Return once a record with sequence >= ``from_sequence`` exists, or after ``timeout``."""
         ...
 
