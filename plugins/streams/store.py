@@ -538,6 +538,10 @@ class Database:
         self._streams.clear()
         try:
             db.flush_wal(True)  # noqa: FBT003
+        except Exception as exc:  # noqa: BLE001 - reported; closing must still happen
+            # After a failed write (e.g. a full disk) RocksDB refuses further writes, the WAL
+            # flush included, until reopened. What was acknowledged is already in the WAL.
+            logger.warning("closing %s after a write error: %s", self.path, exc)
         finally:
             db.close()
 
