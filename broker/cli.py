@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import getpass
+import json
 import logging
 import os
 import signal
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -25,9 +28,11 @@ from headwater.broker.passwords import PasswordFileError, delete_user, set_passw
 from headwater.clients.connection import DEFAULT_URL, ENV_URL, InvalidURLError, resolve_url
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from headwater.broker.config import HeadwaterConfig
+    from headwater.clients.streams import StreamClient
+    from headwater.plugins.streams.service import StorageInfo
 
 __all__ = ["main"]
 
@@ -175,16 +180,261 @@ def _cmd_not_implemented(args: argparse.Namespace) -> int:
     _fail(f"{command}: not implemented yet (would talk to {settings.display_url})", EXIT_NOT_IMPLEMENTED)
 
 
+# --- streams ---------------------------------------------------------------------------------
+
+
+def _stream_client(args: argparse.Namespace) -> StreamClient:
+    from headwater.clients.streams import StreamClient  # noqa: PLC0415 - keeps `headwater run` light
+
+    return StreamClient.connect(args.url, topic_prefix=args.topic_prefix, timeout=args.timeout)
+
+
+def _cmd_streams(args: argparse.Namespace) -> int:
+    """Run one ``headwater streams ACTION`` against the broker; errors become exit statuses."""
+    from headwater.clients.streams import (  # noqa: PLC0415
+        InvalidStreamRequestError,
+        StreamClientError,
+    )
+
+    actions = {
+        "ls": _streams_ls,
+        "describe": _streams_describe,
+        "read": _streams_read,
+        "append": _streams_append,
+    }
+    payload = _append_payload(args) if args.action == "append" else b""
+    try:
+        with _stream_client(args) as client:
+            return actions[args.action](client, args, payload)
+    except InvalidURLError as exc:
+        _fail(f"--url: {exc}")
+    except InvalidStreamRequestError as exc:
+        _fail(str(exc))
+    except StreamClientError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error. Keep Python from complaining at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _append_payload(args: argparse.Namespace) -> bytes:
+    if args.message is not None:
+        return str(args.message).encode()
+    if args.file == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(args.file).read_bytes()
+    except OSError as exc:
+        _fail(f"{args.file}: {exc.strerror or exc}", EXIT_FAILURE)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, ensure_ascii=False), flush=True)
+
+
+def _human_size(size: int) -> str:
+    """``216B``, ``1.5KiB``, ``256.0MiB``: for people; ``--json`` has the exact byte count."""
+    if size < 1024:  # noqa: PLR2004 - one KiB
+        return f"{size}B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":  # noqa: PLR2004
+            break
+    return f"{value:.1f}{unit}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    ]
+
+
+def _sequences(storage: StorageInfo) -> str:
+    if storage.oldest_sequence is None or storage.newest_sequence is None:
+        return "-"
+    return f"{storage.oldest_sequence}..{storage.newest_sequence}"
+
+
+def _streams_ls(client: StreamClient, args: argparse.Namespace, _payload: bytes) -> int:
+    descriptions = client.list()
+    if args.json:
+        for description in descriptions:
+            _print_json(description.to_json_dict())
+        return EXIT_OK
+    if not descriptions:
+        print("no streams")
+        return EXIT_OK
+    rows = [
+        (
+            d.name,
+            d.persistence,
+            str(d.storage.record_count),
+            _human_size(d.storage.total_bytes),
+            _sequences(d.storage),
+            str(len(d.exports)),
+        )
+        for d in descriptions
+    ]
+    print("\n".join(_table(("NAME", "PERSISTENCE", "RECORDS", "SIZE", "SEQUENCES", "EXPORTS"), rows)))
+    return EXIT_OK
+
+
+def _streams_describe(client: StreamClient, args: argparse.Namespace, _payload: bytes) -> int:
+    description = client.describe(args.name)
+    if args.json:
+        _print_json(description.to_json_dict())
+        return EXIT_OK
+    storage = description.storage
+    lines = [
+        f"stream       {description.name}",
+        f"persistence  {description.persistence}",
+        f"state        {description.state}"
+        + (f" ({description.last_error})" if description.last_error else ""),
+        f"records      {storage.record_count} (sequences {_sequences(storage)})",
+        f"size         {_human_size(storage.total_bytes)} ({storage.total_bytes} bytes)",
+        (
+            f"dropped      {storage.dropped_oldest} oldest (full), {storage.rejected_new} new (full), "
+            f"{storage.expired} expired (ttl)"
+        ),
+    ]
+    if not description.exports:
+        lines.append("exports      none")
+    else:
+        lines.append("exports")
+        rows = [
+            (
+                export.id,
+                export.type,
+                export.state,
+                "-" if export.last_exported_sequence is None else str(export.last_exported_sequence),
+                "-" if export.last_export_time is None else _timestamp(export.last_export_time),
+                str(export.exported_records),
+                export.last_error or "",
+            )
+            for export in description.exports
+        ]
+        header = ("ID", "TYPE", "STATE", "LAST SEQ", "LAST EXPORT", "EXPORTED", "LAST ERROR")
+        lines += [f"  {line}" for line in _table(header, rows)]
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _timestamp(milliseconds: int) -> str:
+    moment = datetime.fromtimestamp(milliseconds / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{milliseconds % 1000:03d}Z"
+
+
+def _printable(payload: bytes) -> str:
+    """A payload on one line: text with control characters escaped, else ``base64:...``."""
+    try:
+        text = payload.decode()
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(payload).decode()
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def _streams_read(client: StreamClient, args: argparse.Namespace, _payload: bytes) -> int:
+    header = not args.json
+    page = 1000 if args.max is None else min(args.max, 1000)
+    records = client.iter_records(
+        args.name, from_sequence=args.from_sequence, follow=args.follow, page_size=page
+    )
+    printed = 0
+    try:
+        for record in records:
+            if header:
+                print("SEQ  TIME  TOPIC  PAYLOAD")
+                header = False
+            if args.json:
+                _print_json(record.to_json_dict())
+            else:
+                line = f"{record.sequence}  {_timestamp(record.timestamp_ms)}  {record.topic}  "
+                print(line + _printable(record.payload), flush=True)
+            printed += 1
+            if args.max is not None and printed >= args.max:
+                break
+    except KeyboardInterrupt:
+        if not args.follow:
+            raise
+        # Ctrl-C is how --follow ends.
+    return EXIT_OK
+
+
+def _streams_append(client: StreamClient, args: argparse.Namespace, payload: bytes) -> int:
+    sequence = client.append(args.name, payload, topic=args.topic)
+    if args.json:
+        _print_json({"stream": args.name, "sequence": sequence})
+    else:
+        print(f"appended to {args.name} at sequence {sequence}")
+    return EXIT_OK
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
-def _add_client_options(parser: argparse.ArgumentParser) -> None:
+def _add_client_options(
+    parser: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int] = _cmd_not_implemented
+) -> None:
     parser.add_argument(
         "--url",
         help=f"broker URL mqtt[s]://[user[:password]@]host[:port] (default: ${ENV_URL}, else {DEFAULT_URL})",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    parser.set_defaults(handler=_cmd_not_implemented)
+    parser.set_defaults(handler=handler)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"expected a whole number of at least 1, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _sequence(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        msg = f"expected a sequence number (0 or more), got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        msg = f"expected a number of seconds greater than 0, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _add_stream_options(parser: argparse.ArgumentParser) -> None:
+    _add_client_options(parser, _cmd_streams)
+    parser.add_argument(
+        "--topic-prefix",
+        default="headwater",
+        metavar="PREFIX",
+        help="the broker's topic_prefix (default: headwater)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="wait this long for each answer (default: 10)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,24 +478,35 @@ def build_parser() -> argparse.ArgumentParser:
     passwd.add_argument("-D", "--delete", action="store_true", help="remove USER instead")
     passwd.set_defaults(handler=_cmd_passwd)
 
-    streams = commands.add_parser("streams", help="list, read and append to durable streams")
+    streams = commands.add_parser(
+        "streams",
+        help="list, read and append to durable streams",
+        description="Talk to Headwater's stream API over MQTT (docs/stream-api.md).",
+    )
     stream_actions = streams.add_subparsers(dest="action", required=True, metavar="ACTION")
-    _add_client_options(stream_actions.add_parser("ls", help="list streams"))
+    _add_stream_options(stream_actions.add_parser("ls", help="list streams"))
     describe = stream_actions.add_parser("describe", help="storage and export state of one stream")
     describe.add_argument("name", metavar="NAME")
-    _add_client_options(describe)
+    _add_stream_options(describe)
     read = stream_actions.add_parser("read", help="read records")
     read.add_argument("name", metavar="NAME")
-    read.add_argument("--from", dest="from_sequence", type=int, metavar="SEQ", help="first sequence number")
-    read.add_argument("--max", type=int, metavar="N", help="stop after N records")
-    read.add_argument("--follow", action="store_true", help="keep waiting for new records")
-    _add_client_options(read)
+    read.add_argument(
+        "--from",
+        dest="from_sequence",
+        type=_sequence,
+        metavar="SEQ",
+        help="first sequence number (default: oldest)",
+    )
+    read.add_argument("--max", type=_positive_int, metavar="N", help="stop after N records")
+    read.add_argument("--follow", action="store_true", help="keep waiting for new records (until Ctrl-C)")
+    _add_stream_options(read)
     append = stream_actions.add_parser("append", help="append one record")
     append.add_argument("name", metavar="NAME")
     source = append.add_mutually_exclusive_group(required=True)
     source.add_argument("-m", "--message", metavar="TEXT")
-    source.add_argument("-f", "--file", metavar="FILE")
-    _add_client_options(append)
+    source.add_argument("-f", "--file", metavar="FILE", help="the payload's bytes ('-': standard input)")
+    append.add_argument("--topic", help="the record's topic (default: the API's request topic)")
+    _add_stream_options(append)
 
     deploy = commands.add_parser("deploy", help="run docker compose apps through retained messages")
     deploy_actions = deploy.add_subparsers(dest="action", required=True, metavar="ACTION")

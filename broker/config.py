@@ -75,6 +75,7 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_size",
+    "parse_stream_config",
 ]
 
 
@@ -1087,6 +1088,18 @@ def _stream(name: str, value: object, path: str) -> StreamConfig:
         drop_exported=stream.get("drop_exported", _bool, default=False),
         exports=exports,
     )
+
+
+def parse_stream_config(name: str, data: object) -> StreamConfig:
+    """Validate one stream's settings outside a config file (run-time create/update).
+
+    ``data`` holds the keys of a ``streams.<name>`` section (``None`` means all defaults).
+    Raises :class:`ConfigError` naming ``streams.<name>.<key>``, exactly as :func:`parse_config`
+    would for the same section in a file, and for a ``name`` that is no valid stream name.
+    """
+    if not _NAME.fullmatch(name):
+        raise ConfigError(_join("streams", name), f"invalid stream name {name!r} (expected {_NAME_RULE})")
+    return _stream(name, data, _join("streams", name))
 
 
 def _absolute_path(value: object, path: str) -> str:

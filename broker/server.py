@@ -227,9 +227,12 @@ class HeadwaterBroker(Broker):
         """Stop accepting, close every connection and session, and leave no connection task."""
         for server in self._servers.values():
             server.instance.close()
-        # Connections still in the CONNECT handshake have no session for amqtt to clean up.
-        with_session = {handler.writer for _, handler in self._sessions.values()}
-        await self._close_connections([w for w in self._connections.values() if w not in with_session])
+        # Close every transport first. Connections still in the CONNECT handshake have no session
+        # for amqtt to clean up; and amqtt's handler.stop() cancels its reader and then waits for
+        # it without a timeout, while on Python 3.11 that cancel can be swallowed by the
+        # reader's wait_for: only the end of the stream reliably ends the read.
+        for writer in self._connections.values():
+            _close_transport(writer)
         await super().shutdown()
         await self._close_connections(list(self._connections.values()))
         tasks = list(self._connections)

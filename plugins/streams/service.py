@@ -141,12 +141,16 @@ class StreamDescription:
     persistence: str
     storage: StorageInfo
     exports: tuple[ExportInfo, ...] = ()
+    state: str = "ok"  # "ok" | "failing" (the last write failed: disk full, I/O error)
+    last_error: str | None = None
 
     def to_json_dict(self) -> dict[str, object]:
         """The object ``streams describe --json`` prints and the status topic carries."""
         return {
             "name": self.name,
             "persistence": self.persistence,
+            "state": self.state,
+            "last_error": self.last_error,
             "storage": self.storage.to_json_dict(),
             "exports": [export.to_json_dict() for export in self.exports],
         }

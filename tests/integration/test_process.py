@@ -125,7 +125,7 @@ def test_passwd_command_then_login(tmp_path: Path, headwater_process: type[Headw
 
 def test_client_commands_say_not_implemented(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HEADWATER_URL", "mqtt://op:pw@127.0.0.1:1999")
-    result = _run("streams", "ls")
+    result = _run("deploy", "status")
     assert result.returncode == 3
     assert "not implemented yet" in result.stderr
     assert "mqtt://op@127.0.0.1:1999" in result.stderr  # from $HEADWATER_URL, password not shown
