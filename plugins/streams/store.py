@@ -542,8 +542,10 @@ class Database:
             # After a failed write (e.g. a full disk) RocksDB refuses further writes, the WAL
             # flush included, until reopened. What was acknowledged is already in the WAL.
             logger.warning("closing %s after a write error: %s", self.path, exc)
-        finally:
+        try:
             db.close()
+        except Exception as exc:  # noqa: BLE001 - same: the close itself may hit the full disk
+            logger.warning("closing %s: %s", self.path, exc)
 
 
 def _items(view: Rdict, from_key: bytes | None) -> Iterator[tuple[bytes, bytes]]:

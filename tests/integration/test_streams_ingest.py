@@ -473,10 +473,6 @@ def small_disk_free(path: Path) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
-@pytest.mark.skip(
-    reason="store.py: after ENOSPC, Database.close() still raises from Rdict.close() ('No space left "
-    "on device'), so Headwater.stop() fails; the test body passes. Enable once close() is fixed"
-)
 def test_a_full_disk_refuses_records_and_says_so(
     small_disk: Path,  # first: unmounted only after Headwater stopped
     start_streams: Callable[..., Streams],
