@@ -3,6 +3,9 @@
 Measures how many messages per second one publisher gets acknowledged by
 
 * Headwater (``headwater run``; no streams, deploy disabled) on uvloop and on asyncio's loop,
+* Headwater on uvloop storing every message in a file stream ``bench`` (topics
+  ``bench/ingest``, max_size 1GiB): ``headwater-stream``, and the same with
+  ``flush_on_write: true`` (an fsync before each PUBACK, grouped): ``headwater-stream-fsync``,
 * bare amqtt 0.12.1 (``amqtt.broker.Broker`` with only the anonymous auth plugin) on the same
   two loops, so that Headwater is compared with amqtt like for like,
 * mosquitto, the C reference broker.
@@ -81,16 +84,33 @@ class Target:
 
     broker: Literal["headwater", "amqtt", "mosquitto"]
     loop: LoopName | None
+    #: Headwater only: None (no streams), or the durable file stream with or without fsync.
+    stream: Literal["file", "file-fsync"] | None = None
 
     @property
     def name(self) -> str:
-        """The row's name for ``--only``: ``headwater-uvloop``, ``mosquitto``..."""
+        """The row's name for ``--only``: ``headwater-uvloop``, ``headwater-stream``, ``mosquitto``..."""
+        if self.stream == "file":
+            return f"{self.broker}-stream"
+        if self.stream == "file-fsync":
+            return f"{self.broker}-stream-fsync"
         return f"{self.broker}-{self.loop}" if self.loop else self.broker
+
+    @property
+    def label(self) -> str:
+        """The broker column of the table."""
+        if self.stream == "file":
+            return f"{self.broker} + stream"
+        if self.stream == "file-fsync":
+            return f"{self.broker} + stream, fsync"
+        return self.broker
 
 
 ALL_TARGETS = (
     Target("headwater", "uvloop"),
     Target("headwater", "asyncio"),
+    Target("headwater", "uvloop", stream="file"),
+    Target("headwater", "uvloop", stream="file-fsync"),
     Target("amqtt", "uvloop"),
     Target("amqtt", "asyncio"),
     Target("mosquitto", None),
@@ -198,19 +218,39 @@ def _log_tail(log_path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
 
+def _headwater_config(target: Target) -> str:
+    """Headwater's config for ``target``: the broker alone, or with the benchmark's file stream."""
+    if target.stream is None:
+        streams = "streams: {}\n"
+        comment = "# The embedded default config without streams and deploy: the broker alone.\n"
+    else:
+        fsync = "true" if target.stream == "file-fsync" else "false"
+        streams = (
+            "streams:\n"
+            "  bench:\n"
+            f'    topics: ["{TOPIC}"]\n'
+            "    persistence: file\n"
+            "    max_size: 1GiB\n"
+            f"    flush_on_write: {fsync}\n"
+            "    exports: []\n"
+        )
+        comment = "# The broker with one durable file stream storing every benchmark message.\n"
+    return (
+        comment
+        + "topic_prefix: headwater\n"
+        + "broker:\n"
+        + f'  listeners:\n    default: {{bind: "{HOST}:0"}}\n'
+        + streams
+        + "deploy: {enabled: false}\n"
+    )
+
+
 def _broker_command(target: Target, tools: Tools, workdir: Path) -> tuple[list[str], int | None]:
     """The command line starting ``target`` and its port (None: read it from Headwater's log)."""
     if target.broker == "headwater":
         assert tools.headwater is not None  # noqa: S101 - find_tools checked it
         config = workdir / "headwater.yaml"
-        config.write_text(
-            "# The embedded default config without streams and deploy: the broker alone.\n"
-            "topic_prefix: headwater\n"
-            "broker:\n"
-            f'  listeners:\n    default: {{bind: "{HOST}:0"}}\n'
-            "streams: {}\n"
-            "deploy: {enabled: false}\n"
-        )
+        config.write_text(_headwater_config(target))
         command = [str(tools.headwater), "run", "-c", str(config), "--data-dir", str(workdir / "data")]
         if target.loop == "asyncio":
             command.append("--no-uvloop")
@@ -532,7 +572,7 @@ def format_table(rows: Sequence[Row]) -> str:
         amqtt = by_name.get(f"amqtt-{target.loop}") if target.loop else None
         lines.append(
             (
-                target.broker,
+                target.label,
                 target.loop or "(C)",
                 f"{row.median:,.0f}",
                 f"{min(row.rates):,.0f}..{max(row.rates):,.0f}",
@@ -584,7 +624,7 @@ def run_benchmark(targets: Sequence[Target], tools: Tools, settings: Settings) -
                 workdir = scratch_dir / f"{row.target.name}-verify"
                 workdir.mkdir()
                 outcome = verify_delivery(row.target, tools, settings, payloads, workdir)
-                print(f"  verify   {row.target.name:<17} {outcome}", flush=True)
+                print(f"  verify   {row.target.name:<22} {outcome}", flush=True)
         for attempt in range(1, settings.repeat + 1):
             for row in rows:
                 workdir = scratch_dir / f"{row.target.name}-{attempt}"
@@ -593,7 +633,7 @@ def run_benchmark(targets: Sequence[Target], tools: Tools, settings: Settings) -
                     rate = publish_all(tools, port, settings, payloads)
                 row.rates.append(rate)
                 print(
-                    f"  run {attempt}/{settings.repeat}  {row.target.name:<17} {rate:>10,.0f} msg/s"
+                    f"  run {attempt}/{settings.repeat}  {row.target.name:<22} {rate:>10,.0f} msg/s"
                     f"  ({settings.messages / rate:.1f} s)",
                     flush=True,
                 )

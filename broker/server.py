@@ -249,6 +249,58 @@ class HeadwaterBroker(Broker):
 
         await asyncio.gather(*(close(writer) for writer in writers))
 
+    async def _client_message_loop(self, client_session: Session, handler: BrokerProtocolHandler) -> None:
+        # amqtt's loop handles a DISCONNECT before the client's publishes still queued for
+        # routing, and drops them: acknowledged messages never reached subscribers (seen when a
+        # group commit releases a burst of PUBACKs and the client disconnects right after the
+        # last one). Same loop, but everything acknowledged is routed before the disconnect.
+        disconnect_waiter = asyncio.ensure_future(handler.wait_disconnect())
+        subscribe_waiter = asyncio.ensure_future(handler.get_next_pending_subscription())
+        unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
+        wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if subscribe_waiter in done:
+                    await self._handle_subscription(client_session, handler, subscribe_waiter)
+                    subscribe_waiter = asyncio.ensure_future(handler.get_next_pending_subscription())
+                if unsubscribe_waiter in done:
+                    await self._handle_unsubscription(client_session, handler, unsubscribe_waiter)
+                    unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
+                if wait_deliver in done:
+                    if not await self._handle_message_delivery(client_session, handler, wait_deliver):
+                        break
+                    wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
+                if disconnect_waiter in done:
+                    await self._route_remaining(client_session, handler, wait_deliver)
+                    await self._handle_disconnect(client_session, handler, disconnect_waiter)
+                    break
+        except asyncio.CancelledError:
+            logger.debug("message loop of client %s cancelled", client_session.client_id)
+        finally:
+            waiters = [disconnect_waiter, subscribe_waiter, unsubscribe_waiter, wait_deliver]
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _route_remaining(
+        self, client_session: Session, handler: BrokerProtocolHandler, wait_deliver: asyncio.Future[Any]
+    ) -> None:
+        """Route, in order, every message the client published before it disconnected."""
+        if not wait_deliver.done():
+            wait_deliver.cancel()
+            await asyncio.gather(wait_deliver, return_exceptions=True)
+        if wait_deliver.done() and not wait_deliver.cancelled() and wait_deliver.result() is not None:
+            await self._handle_message_delivery(client_session, handler, wait_deliver)
+        queue = client_session.delivered_message_queue
+        while not queue.empty():
+            delivered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            delivered.set_result(queue.get_nowait())
+            await self._handle_message_delivery(client_session, handler, delivered)
+
     # --- security ----------------------------------------------------------------------------
 
     async def _initialize_client_session(

@@ -7,6 +7,7 @@ for a slow durable write. Nothing here measures time: the test decides when writ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from headwater.broker.app import PluginHost
 from headwater.broker.durable import IncomingPublish
-from tests.fixtures.broker import BrokerFactory, InProcessBroker
+from tests.fixtures.broker import BrokerFactory, HeadwaterProcess, InProcessBroker
 
 SETTLE = 0.5  # how long we give a wrongly-early PUBACK to show up
 
@@ -226,3 +227,25 @@ def test_retained_message_is_on_disk_before_its_puback(
     plugin.release(0)
     assert held.wait_acked(1) == [mid]
     _disconnect(held)
+
+
+def test_every_acknowledged_publish_reaches_subscribers_when_the_publisher_leaves_at_once(
+    headwater_process: Callable[..., HeadwaterProcess],
+) -> None:
+    """A group commit releases PUBACKs in bursts; mosquitto_pub disconnects after the last one.
+
+    amqtt alone handled that DISCONNECT before the client's still-queued publishes and dropped
+    them: stored and acknowledged, yet never delivered to subscribers.
+    """
+    from tests.fixtures.mosquitto import MosquittoSub, mosquitto_pub  # noqa: PLC0415
+
+    topic = f"burst/{uuid.uuid4().hex}"
+    broker = headwater_process(f"streams: {{burst: {{topics: ['{topic}']}}}}")  # uvloop, as deployed
+    lines = [f"{i:06d}" + "x" * 194 for i in range(3000)]
+    with MosquittoSub(broker.port, topic, qos=1) as subscriber:
+        mosquitto_pub(broker.port, topic, lines=lines, qos=1)
+        with contextlib.suppress(TimeoutError):
+            subscriber.wait_for(len(lines), timeout=10)
+        received = [m.text for m in subscriber.messages]
+    assert len(received) == len(lines)
+    assert received == lines
