@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
