@@ -502,4 +502,6 @@ def test_a_full_disk_refuses_records_and_says_so(
     assert streams.plugin.statistics().records_failed >= 1
     stored = streams.read("telemetry")
     assert stored[0].payload == b"before the disk filled up"
-    assert len(stored) - 1 <= len(acked)  # nothing beyond what may have been acknowledged
+    # Everything acknowledged is stored (at least once). The reverse need not hold: a record
+    # stored just before the connection was closed may miss its PUBACK; the client resends it.
+    assert len(stored) - 1 >= len(acked)
