@@ -15,8 +15,10 @@ import getpass
 import json
 import logging
 import os
+import queue
 import signal
 import sys
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,11 +30,11 @@ from headwater.broker.passwords import PasswordFileError, delete_user, set_passw
 from headwater.clients.connection import DEFAULT_URL, ENV_URL, InvalidURLError, resolve_url
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from headwater.broker.config import HeadwaterConfig
     from headwater.clients.streams import StreamClient
-    from headwater.plugins.streams.service import StorageInfo
+    from headwater.plugins.streams.service import StorageInfo, StreamRecord
 
 __all__ = ["main"]
 
@@ -338,30 +340,71 @@ def _printable(payload: bytes) -> str:
 
 
 def _streams_read(client: StreamClient, args: argparse.Namespace, _payload: bytes) -> int:
-    header = not args.json
     page = 1000 if args.max is None else min(args.max, 1000)
     records = client.iter_records(
         args.name, from_sequence=args.from_sequence, follow=args.follow, page_size=page
     )
-    printed = 0
+    if args.follow:
+        records = _interruptible(client, records)
+    printer = _RecordPrinter(as_json=args.json)
     try:
         for record in records:
-            if header:
-                print("SEQ  TIME  TOPIC  PAYLOAD")
-                header = False
-            if args.json:
-                _print_json(record.to_json_dict())
-            else:
-                line = f"{record.sequence}  {_timestamp(record.timestamp_ms)}  {record.topic}  "
-                print(line + _printable(record.payload), flush=True)
-            printed += 1
-            if args.max is not None and printed >= args.max:
+            printer.print(record)
+            if args.max is not None and printer.printed >= args.max:
                 break
     except KeyboardInterrupt:
         if not args.follow:
             raise
         # Ctrl-C is how --follow ends.
     return EXIT_OK
+
+
+class _RecordPrinter:
+    """Prints records as ``streams read`` shows them (a header first in text mode)."""
+
+    def __init__(self, *, as_json: bool) -> None:
+        self.as_json = as_json
+        self.printed = 0
+
+    def print(self, record: StreamRecord) -> None:
+        if self.as_json:
+            _print_json(record.to_json_dict())
+        else:
+            if not self.printed:
+                print("SEQ  TIME  TOPIC  PAYLOAD")
+            line = f"{record.sequence}  {_timestamp(record.timestamp_ms)}  {record.topic}  "
+            print(line + _printable(record.payload), flush=True)
+        self.printed += 1
+
+
+def _interruptible(client: StreamClient, records: Iterator[StreamRecord]) -> Iterator[StreamRecord]:
+    """Iterate ``records`` in a worker thread, so that Ctrl-C only ever interrupts this thread.
+
+    A KeyboardInterrupt raised in the middle of paho's ``publish`` (the main thread's long-poll
+    requests) can leave paho's locks inconsistent and hang the exit; here the main thread only
+    waits on a queue and prints. On Ctrl-C the client is closed, which ends the worker.
+    """
+    handoff: queue.Queue[StreamRecord | BaseException | None] = queue.Queue(maxsize=1000)
+
+    def pump() -> None:
+        try:
+            for record in records:
+                handoff.put(record)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, raised there
+            handoff.put(exc)
+        else:
+            handoff.put(None)
+
+    worker = threading.Thread(target=pump, name="headwater-follow", daemon=True)
+    worker.start()
+    try:
+        while (item := handoff.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        client.close()
+        worker.join(timeout=5)
 
 
 def _streams_append(client: StreamClient, args: argparse.Namespace, payload: bytes) -> int:
