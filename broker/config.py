@@ -65,6 +65,7 @@ __all__ = [
     "ExportConfig",
     "HeadwaterConfig",
     "ListenerConfig",
+    "RegistryCredential",
     "StreamConfig",
     "TLSConfig",
     "TopicACL",
@@ -207,16 +208,36 @@ class StreamConfig:
 class UploadsConfig:
     """The ``uploads`` section: limits shared by every export."""
 
-    max_bandwidth: float | None = None  # bytes per second
+    max_bandwidth: float | None = None  # bytes per second, shared by every export
+    max_backoff: float = 300.0  # seconds: the longest wait between retries (and of a blocked export)
+    priority_aging: float = 10.0  # seconds of waiting that raise an export's priority by one level
 
 
 @dataclass(frozen=True, slots=True)
 class DeployPolicy:
-    """What a deployed compose file may ask for."""
+    """What a deployed compose file may ask for (docs/deploy.md has the full rule table).
+
+    ``allow_privileged`` also covers what amounts to privilege: ``cap_add``, ``security_opt``,
+    the host's PID / IPC / UTS / user / cgroup namespaces. ``allowed_bind_mounts`` lists host
+    paths (and everything below them) that may be bind-mounted or passed as ``devices``.
+    """
 
     allow_privileged: bool = False
     allow_host_network: bool = False
     allowed_bind_mounts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryCredential:
+    """Named registry credentials (``deploy.registries.<name>``): a Secrets Manager reference.
+
+    The secret's ``SecretString`` is JSON ``{"username": ..., "password": ...}``; it is fetched
+    for each deployment that names it in ``registry_auth`` and never stored by Headwater.
+    """
+
+    name: str
+    server: str  # registry host[:port], as it appears in image references (docker.io for Docker Hub)
+    secret_id: str  # Secrets Manager secret name or ARN
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +247,14 @@ class DeployConfig:
     enabled: bool = True
     pull: Literal["always", "missing", "never"] = "missing"
     policy: DeployPolicy = field(default_factory=DeployPolicy)
+    status_interval: float = 30.0  # seconds between refreshes of every app's status from Docker
+    timeout: float = 600.0  # seconds one docker compose run may take before it is killed
+    # None: the DOCKER_HOST environment variable, else unix:///var/run/docker.sock.
+    docker_host: str | None = None
+    # None: `docker compose` if the docker CLI has the plugin, else a v2 `docker-compose`.
+    compose_command: tuple[str, ...] | None = None
+    max_compose_size: int = 256 * 1024  # bytes of one deploy message or S3 compose object
+    registries: Mapping[str, RegistryCredential] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1116,8 +1145,69 @@ _PULL_POLICIES: Final[tuple[Literal["always", "missing", "never"], ...]] = (
 )
 
 
+_DEPLOY_KEYS: Final = (
+    "enabled",
+    "pull",
+    "policy",
+    "status_interval",
+    "timeout",
+    "docker_host",
+    "compose_command",
+    "max_compose_size",
+    "registries",
+)
+_DOCKER_HOST: Final = re.compile(r"unix:///[^\0]+|tcp://[A-Za-z0-9.-]+:[0-9]{1,5}|tcp://\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}")
+_REGISTRY_SERVER: Final = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    r"(?::[0-9]{1,5})?"
+)
+# Keys people write when they mean to put a password in the config: refused with a pointer to
+# Secrets Manager rather than "unknown key".
+_PLAIN_SECRET_KEYS: Final = ("username", "password", "auth", "token", "identitytoken", "registrytoken")
+
+
+def _docker_host(value: object, path: str) -> str:
+    text = _str(value, path)
+    if not _DOCKER_HOST.fullmatch(text):
+        raise _expected(path, "unix:///path/to/docker.sock or tcp://host:port", value)
+    return text
+
+
+def _command(value: object, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise _expected(path, 'a list such as ["docker", "compose"]', value)
+    if not value:
+        raise ConfigError(path, 'must name a program, e.g. ["docker", "compose"]')
+    return tuple(_nonempty_str(item, f"{path}[{index}]") for index, item in enumerate(value))
+
+
+def _registry(name: str, value: object, path: str) -> RegistryCredential:
+    registry = _Section(value, path, keys=None)
+    for key in _PLAIN_SECRET_KEYS:
+        if key in registry:
+            raise ConfigError(
+                registry.at(key),
+                "plain-text credentials are not accepted: store "
+                '{"username": ..., "password": ...} in AWS Secrets Manager and give its secret_id',
+            )
+    registry.refuse_unknown(("server", "secret_id"))
+    server = registry.require("server", _str)
+    if not _REGISTRY_SERVER.fullmatch(server):
+        raise ConfigError(
+            registry.at("server"), f"expected a registry host[:port] such as ghcr.io (no scheme), got {server!r}"
+        )
+    return RegistryCredential(
+        name=name,
+        server=server,
+        secret_id=registry.require(
+            "secret_id",
+            _matching(r"[A-Za-z0-9/_+=.@:-]{1,2048}", "Secrets Manager secret id", "a secret name or ARN"),
+        ),
+    )
+
+
 def _deploy(top: _Section) -> DeployConfig:
-    deploy = top.section("deploy", ("enabled", "pull", "policy"))
+    deploy = top.section("deploy", _DEPLOY_KEYS)
     policy = deploy.section("policy", ("allow_privileged", "allow_host_network", "allowed_bind_mounts"))
     return DeployConfig(
         enabled=deploy.get("enabled", _bool, default=True),
@@ -1127,6 +1217,17 @@ def _deploy(top: _Section) -> DeployConfig:
             allow_host_network=policy.get("allow_host_network", _bool, default=False),
             allowed_bind_mounts=policy.get("allowed_bind_mounts", _list_of(_absolute_path), ()),
         ),
+        status_interval=deploy.get("status_interval", _duration(positive=True), 30.0),
+        timeout=deploy.get("timeout", _duration(positive=True), 600.0),
+        docker_host=deploy.optional("docker_host", _docker_host),
+        compose_command=deploy.optional("compose_command", _command),
+        max_compose_size=deploy.get(
+            "max_compose_size", _size(_KiB, 16 * _MiB, why_maximum=" (a compose file, not an image)"), 256 * _KiB
+        ),
+        registries={
+            name: _registry(name, value, path)
+            for name, value, path in deploy.named("registries", what="registry", pattern=_NAME)
+        },
     )
 
 
@@ -1155,14 +1256,18 @@ def parse_config(data: object, *, source: str) -> HeadwaterConfig:
         name: _stream(name, value, path)
         for name, value, path in top.named("streams", what="stream", pattern=_NAME)
     }
-    uploads = top.section("uploads", ("max_bandwidth",))
+    uploads = top.section("uploads", ("max_bandwidth", "max_backoff", "priority_aging"))
     return HeadwaterConfig(
         data_dir=top.get("data_dir", _path, Path("headwater-data").absolute()),
         topic_prefix=top.get("topic_prefix", _topic_prefix, "headwater"),
         broker=broker,
         aws=_aws(top),
         streams=streams,
-        uploads=UploadsConfig(max_bandwidth=uploads.optional("max_bandwidth", _bandwidth)),
+        uploads=UploadsConfig(
+            max_bandwidth=uploads.optional("max_bandwidth", _bandwidth),
+            max_backoff=uploads.get("max_backoff", _duration(positive=True), 300.0),
+            priority_aging=uploads.get("priority_aging", _duration(positive=True), 10.0),
+        ),
         deploy=_deploy(top),
         source=source,
     )

@@ -229,6 +229,12 @@ def _export_from_json(value: object) -> ExportInfo:
         exported_records=_field(data, "exported_records", int),
         state=_field(data, "state", str),
         last_error=last_error if isinstance(last_error, str) else None,
+        priority=_optional_int(data, "priority") or 5,
+        exported_bytes=_optional_int(data, "exported_bytes") or 0,
+        lag_records=_optional_int(data, "lag_records") or 0,
+        lag_bytes=_optional_int(data, "lag_bytes") or 0,
+        dead_lettered=_optional_int(data, "dead_lettered") or 0,
+        lost_records=_optional_int(data, "lost_records") or 0,
     )
 
 
@@ -599,6 +605,14 @@ class StreamClient:
     def delete(self, name: str) -> None:
         """Delete stream ``name`` and its records."""
         self.request(name, "delete", {})
+
+    def pause_export(self, name: str, export_id: str) -> ExportInfo:
+        """Pause export ``export_id`` of stream ``name`` (state ``disabled``, persisted)."""
+        return _export_from_json(self.request(name, "export", {"export": export_id, "enabled": False}))
+
+    def resume_export(self, name: str, export_id: str) -> ExportInfo:
+        """Resume a paused export."""
+        return _export_from_json(self.request(name, "export", {"export": export_id, "enabled": True}))
 
     def list(self) -> list[StreamDescription]:
         """Every stream this user may describe, sorted by name."""

@@ -15,7 +15,7 @@ Requests
 A request is a PUBLISH (any QoS, not retained) of a JSON object to a request topic::
 
     <prefix>/streams/_list              list the streams
-    <prefix>/streams/<stream>/<op>      op: read, describe, append, create, update, delete
+    <prefix>/streams/<stream>/<op>      op: read, describe, append, create, update, delete, export
 
 ``<prefix>`` is ``topic_prefix`` (default ``headwater``). ``_list`` cannot be a stream name
 (stream names start with a letter or digit). ``<prefix>/streams/<stream>/status`` is the
@@ -51,6 +51,8 @@ create        ``config``: the stream's settings, the keys of a ``streams.<name>`
 update        ``config`` as for create. It *replaces* the stream's settings: absent keys take
               their defaults, they do not keep their current values
 delete        none
+export        ``export`` (an export id of the stream, required) and ``enabled`` (boolean,
+              required): pause (``false``, state ``disabled``) or resume an export; persisted
 ============  ==============================================================================
 
 Responses
@@ -66,7 +68,8 @@ may describe, sorted by name); describe, create and update → the describe obje
 ``headwater streams describe --json`` and the status topic); read → ``{"records": [<record>, ...],
 "next_sequence": <n>}`` where a record is ``{"sequence", "timestamp" (ms), "topic", "qos",
 "client_id", "payload" | "payload_b64"}`` and ``next_sequence`` is the ``from`` of the next read;
-append → ``{"sequence": <n>}``; delete → ``{"name": <stream>}``.
+append → ``{"sequence": <n>}``; delete → ``{"name": <stream>}``; export → the export object of
+the describe object.
 
 Error types: ``not_found`` (no such stream), ``exists`` (create of an existing name),
 ``rejected`` (the stream refused the record: full with ``reject_new``, too large), ``invalid``
@@ -88,6 +91,8 @@ The API never lets a user do what plain MQTT would not let them do:
 * ``append`` with an explicit ``topic`` needs the right to publish to that topic.
 * ``create`` and ``update`` need the right to subscribe to each of the stream's ``topics``
   (a stream is a recording of those topics).
+* ``export`` (pause/resume) of S needs the right to subscribe to S's status topic, like
+  ``describe``, besides the right to publish to ``<prefix>/streams/S/export``.
 * ``reply_to`` must be a topic the requester may both *publish* to and *receive* (subscribe
   to), outside ``<prefix>/streams/``, not starting with ``$``: Headwater publishes there on the
   requester's behalf and must not become a way to inject messages into someone else's topic.
@@ -181,7 +186,7 @@ logger = logging.getLogger(__name__)
 #: The pseudo stream level of the list request: ``<prefix>/streams/_list``.
 LIST_OPERATION: Final = "_list"
 #: The operations on one stream: ``<prefix>/streams/<stream>/<op>``.
-OPERATIONS: Final = ("read", "describe", "append", "create", "update", "delete")
+OPERATIONS: Final = ("read", "describe", "append", "create", "update", "delete", "export")
 
 DEFAULT_MAX_COUNT: Final = 100
 MAX_MAX_COUNT: Final = 10_000
@@ -289,6 +294,15 @@ class DeleteRequest:
     stream: str
 
 
+@dataclass(frozen=True, slots=True)
+class ExportSwitchRequest:
+    """``<prefix>/streams/<stream>/export``: pause or resume one export."""
+
+    stream: str
+    export_id: str
+    enabled: bool
+
+
 Request: TypeAlias = (
     ListRequest
     | DescribeRequest
@@ -297,6 +311,7 @@ Request: TypeAlias = (
     | CreateRequest
     | UpdateRequest
     | DeleteRequest
+    | ExportSwitchRequest
 )
 
 
@@ -469,6 +484,16 @@ def _parse_config(stream: str, body: _Body) -> StreamConfig:
         raise RequestError("invalid", str(exc)) from exc
 
 
+def _parse_export_switch(stream: str, body: _Body) -> ExportSwitchRequest:
+    export_id = body.text("export")
+    if export_id is None:
+        raise RequestError("invalid", "export: required (the id of one of the stream's exports)")
+    enabled = body.raw("enabled") if body.has("enabled") else None
+    if not isinstance(enabled, bool):
+        raise RequestError("invalid", f"enabled: expected true or false, got {_describe_value(enabled)}")
+    return ExportSwitchRequest(stream=stream, export_id=export_id, enabled=enabled)
+
+
 _READ_KEYS: Final = ("from", "max", "max_bytes", "min", "timeout")
 _APPEND_KEYS: Final = ("payload", "payload_b64", "topic")
 
@@ -489,6 +514,8 @@ def parse_request(stream: str | None, operation: str, body: Mapping[str, object]
     elif operation in {"create", "update"}:
         config = _parse_config(stream, _Body(body, ("config",)))
         request = CreateRequest(config) if operation == "create" else UpdateRequest(config)
+    elif operation == "export":
+        request = _parse_export_switch(stream, _Body(body, ("export", "enabled")))
     elif operation in {"describe", "delete"}:
         _Body(body, ())
         request = DescribeRequest(stream) if operation == "describe" else DeleteRequest(stream)
@@ -557,7 +584,9 @@ class RequestPermissions:
     def check(self, username: str | None, request: Request) -> None:
         """Raise :class:`RequestError` (``forbidden``) when ``username`` may not do ``request``."""
         who = "anonymous clients" if username is None else f"user {username!r}"
-        if isinstance(request, DescribeRequest) and not self.may_describe(username, request.stream):
+        if isinstance(request, DescribeRequest | ExportSwitchRequest) and not self.may_describe(
+            username, request.stream
+        ):
             topic = f"{self._prefix}/streams/{request.stream}/status"
             raise RequestError("forbidden", f"{who} may not subscribe to {topic}")
         if isinstance(request, ReadRequest) and not self.may_read(username, request.stream):
@@ -844,6 +873,9 @@ class StreamsApi:
             case DeleteRequest():
                 await service.delete(request.stream)
                 result = {"name": request.stream}
+            case ExportSwitchRequest():
+                info = service.set_export_enabled(request.stream, request.export_id, enabled=request.enabled)
+                result = info.to_json_dict()
         return result
 
     def _list(self, service: StreamService, username: str | None) -> list[dict[str, object]]:

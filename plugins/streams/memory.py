@@ -32,7 +32,7 @@ from headwater.plugins.streams.retention import (
     plan_free_through,
     unexported_by_export,
 )
-from headwater.plugins.streams.service import StorageInfo, StreamRecord
+from headwater.plugins.streams.service import ExportProgress, StorageInfo, StreamRecord
 from headwater.plugins.streams.store import AppendOutcome
 
 if TYPE_CHECKING:
@@ -82,6 +82,8 @@ class MemoryStream:
         self._appended = 0
         self._freed_exported = 0
         self._checkpoints: dict[str, int] = {}
+        self._progress: dict[str, ExportProgress] = {}
+        self._lost: dict[str, int] = {}  # per export: records dropped before it delivered them
 
     @property
     def next_sequence(self) -> int:
@@ -123,12 +125,11 @@ class MemoryStream:
         self._dropped_oldest += plan.dropped_oldest
         self._rejected_new += plan.rejected_new
         self._appended += len(records) - plan.rejected_new
+        lost = unexported_by_export(before.oldest_sequence, plan.after.oldest_sequence, checkpoints)
+        for export_id, count in lost.items():
+            self._lost[export_id] = self._lost.get(export_id, 0) + count
         return AppendOutcome(
-            sequences=plan.sequences,
-            dropped_oldest=plan.dropped_oldest,
-            dropped_unexported=unexported_by_export(
-                before.oldest_sequence, plan.after.oldest_sequence, checkpoints
-            ),
+            sequences=plan.sequences, dropped_oldest=plan.dropped_oldest, dropped_unexported=lost
         )
 
     def read(self, from_sequence: int, *, max_count: int, max_bytes: int | None = None) -> list[StreamRecord]:
@@ -186,9 +187,29 @@ class MemoryStream:
         """The last sequence export ``export_id`` delivered, None before its first delivery."""
         return self._checkpoints.get(export_id)
 
-    def set_checkpoint(self, export_id: str, sequence: int) -> None:
-        """Record that export ``export_id`` delivered everything up to ``sequence``."""
+    def set_checkpoint(self, export_id: str, sequence: int, progress: ExportProgress | None = None) -> None:
+        """Record that export ``export_id`` delivered everything up to ``sequence`` (and its counters)."""
         self._checkpoints[export_id] = sequence
+        if progress is not None:
+            self._progress[export_id] = progress
+
+    def export_progress(self, export_id: str) -> ExportProgress:
+        """Export ``export_id``'s counters (zeros before its first delivery)."""
+        return self._progress.get(export_id, ExportProgress())
+
+    def set_export_progress(self, export_id: str, progress: ExportProgress) -> None:
+        """Keep export ``export_id``'s counters (e.g. its ``disabled`` switch)."""
+        self._progress[export_id] = progress
+
+    def delete_checkpoint(self, export_id: str) -> None:
+        """Forget export ``export_id``: its checkpoint, lost counter and counters."""
+        self._checkpoints.pop(export_id, None)
+        self._progress.pop(export_id, None)
+        self._lost.pop(export_id, None)
+
+    def dropped_unexported(self) -> dict[str, int]:
+        """Per export id: records removed by retention before that export delivered them."""
+        return dict(self._lost)
 
     def free_through(self, sequence: int) -> int:
         """Remove every record with a sequence <= ``sequence`` (``drop_exported``); return how many."""

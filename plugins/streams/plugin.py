@@ -97,6 +97,7 @@ from headwater.broker.topics import TopicFilterIndex, topic_matches
 from headwater.plugins.streams.memory import MemoryStream
 from headwater.plugins.streams.retention import RetentionLimits
 from headwater.plugins.streams.service import (
+    ExportInfo,
     InvalidStreamRequestError,
     StreamDescription,
     StreamError,
@@ -112,10 +113,17 @@ if TYPE_CHECKING:
 
     from headwater.broker.app import PluginHost
     from headwater.broker.durable import IncomingPublish
-    from headwater.plugins.streams.service import StorageInfo
+    from headwater.plugins.streams.service import ExportProgress, StorageInfo
     from headwater.plugins.streams.store import AppendOutcome
 
-__all__ = ["MAX_WAIT_SECONDS", "GroupCommitPolicy", "StreamStorage", "StreamsPlugin", "StreamsStatistics"]
+__all__ = [
+    "MAX_WAIT_SECONDS",
+    "ExportObserver",
+    "GroupCommitPolicy",
+    "StreamStorage",
+    "StreamsPlugin",
+    "StreamsStatistics",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +165,42 @@ class StreamStorage(Protocol):
 
     def free_through(self, sequence: int) -> int:
         """Remove the records with sequence <= ``sequence``."""
+        ...
+
+    def set_checkpoint(self, export_id: str, sequence: int, progress: ExportProgress | None = None) -> None:
+        """Write ``export_id``'s checkpoint (and counters) durably."""
+        ...
+
+    def export_progress(self, export_id: str) -> ExportProgress:
+        """``export_id``'s counters."""
+        ...
+
+    def set_export_progress(self, export_id: str, progress: ExportProgress) -> None:
+        """Write ``export_id``'s counters alone."""
+        ...
+
+    def dropped_unexported(self) -> dict[str, int]:
+        """Per export: records retention removed before it delivered them."""
+        ...
+
+    def delete_checkpoint(self, export_id: str) -> None:
+        """Forget ``export_id``'s checkpoint and counters."""
+        ...
+
+
+class ExportObserver(Protocol):
+    """The upload plugin, as the streams plugin sees it: export states and reactions to changes."""
+
+    def export_infos(self, name: str) -> tuple[ExportInfo, ...]:
+        """The exports of stream ``name`` as ``describe`` shows them."""
+        ...
+
+    async def stream_changed(self, name: str) -> None:
+        """Stream ``name`` was created, updated or is about to be deleted: (re)start or stop drivers."""
+        ...
+
+    def set_export_enabled(self, name: str, export_id: str, *, enabled: bool) -> ExportInfo:
+        """Pause or resume an export; raises ``InvalidStreamRequestError`` for an unknown one."""
         ...
 
 
@@ -289,6 +333,7 @@ class StreamsPlugin:
         self._compact_after = compact_after
         self._status_interval = status_interval
         self._host: PluginHost | None = None
+        self._exports: ExportObserver | None = None
         self._streams: dict[str, _Stream] = {}
         self._index: TopicFilterIndex[_Stream] = TopicFilterIndex()
         self._group_commit = group_commit
@@ -554,15 +599,40 @@ class StreamsPlugin:
         return sorted(self._streams)
 
     def describe(self, name: str) -> StreamDescription:
-        """Storage of ``name`` (exports arrive with the upload plugin)."""
+        """Storage and exports of ``name``."""
         stream = self._stream(name)
         return StreamDescription(
             name=name,
             persistence=stream.config.persistence,
             storage=stream.storage.info(),
+            exports=self._export_infos(stream),
             state="ok" if stream.last_error is None else "failing",
             last_error=stream.last_error,
         )
+
+    def _export_infos(self, stream: _Stream) -> tuple[ExportInfo, ...]:
+        if self._exports is not None:
+            return self._exports.export_infos(stream.name)
+        # No upload plugin (a bare StreamsPlugin in tests): what the store knows.
+        infos = []
+        for export in stream.config.exports:
+            progress = stream.storage.export_progress(export.id)
+            infos.append(
+                ExportInfo(
+                    id=export.id,
+                    type=export.type,
+                    priority=export.priority,
+                    state="disabled" if progress.disabled else "stopped",
+                    last_exported_sequence=stream.storage.checkpoint(export.id),
+                    last_export_time=progress.last_export_time_ms,
+                    exported_records=progress.exported_records,
+                    exported_bytes=progress.exported_bytes,
+                    dead_lettered=progress.dead_lettered,
+                    lost_records=stream.storage.dropped_unexported().get(export.id, 0),
+                    last_error=None,
+                )
+            )
+        return tuple(infos)
 
     def last_error(self, name: str) -> str | None:
         """Why the last write to ``name`` failed, None once it writes again (or never failed)."""
@@ -643,6 +713,8 @@ class StreamsPlugin:
             self._unserve(stream)
             raise
         self._mark_status(config.name)
+        if self._exports is not None:
+            await self._exports.stream_changed(config.name)
         logger.info("stream %s created at run time", config.name)
 
     async def update(self, config: StreamConfig) -> None:
@@ -666,6 +738,8 @@ class StreamsPlugin:
         for topic_filter in config.topics:
             self._index.add(topic_filter, stream)
         self._mark_status(config.name)
+        if self._exports is not None:
+            await self._exports.stream_changed(config.name)
         logger.info("stream %s updated at run time", config.name)
 
     async def delete(self, name: str) -> None:
@@ -675,6 +749,8 @@ class StreamsPlugin:
         if stream.origin == "config":
             raise InvalidStreamRequestError(self._config_owned(name, "deleted"))
         self._unserve(stream)  # nothing new is queued for it from now on
+        if self._exports is not None:
+            await self._exports.stream_changed(name)  # its export drivers stop
         await self._wait_written()  # ... and what was queued is written (or failed)
         assert self._host is not None  # noqa: S101 - _check_running
         database = self._host.database
@@ -687,6 +763,54 @@ class StreamsPlugin:
         self._status_removed.add(name)
         self._status_wanted.set()
         logger.info("stream %s deleted at run time", name)
+
+    # --- exports (the upload plugin's view of the storage) -------------------------------------
+
+    def attach_exports(self, observer: ExportObserver | None) -> None:
+        """Let the upload plugin describe exports and follow run-time stream changes."""
+        self._exports = observer
+
+    def set_export_enabled(self, name: str, export_id: str, *, enabled: bool) -> ExportInfo:
+        """Pause or resume export ``export_id`` of stream ``name`` (persisted)."""
+        self._stream(name)
+        if self._exports is None:
+            raise InvalidStreamRequestError("exports are not running (no upload plugin)")
+        return self._exports.set_export_enabled(name, export_id, enabled=enabled)
+
+    def storage_info(self, name: str) -> StorageInfo:
+        """The storage counters of ``name`` (no export information)."""
+        return self._stream(name).storage.info()
+
+    def export_checkpoint(self, name: str, export_id: str) -> int | None:
+        """The last sequence of ``name`` that export ``export_id`` delivered."""
+        return self._stream(name).storage.checkpoint(export_id)
+
+    def export_progress(self, name: str, export_id: str) -> ExportProgress:
+        """Export ``export_id``'s persisted counters."""
+        return self._stream(name).storage.export_progress(export_id)
+
+    def export_lost(self, name: str, export_id: str) -> int:
+        """Records of ``name`` retention removed before ``export_id`` delivered them."""
+        return self._stream(name).storage.dropped_unexported().get(export_id, 0)
+
+    def commit_export(self, name: str, export_id: str, sequence: int, progress: ExportProgress) -> None:
+        """Write an export's checkpoint and counters in one batch, then apply ``drop_exported``."""
+        self._stream(name).storage.set_checkpoint(export_id, sequence, progress)
+        self.release_exported(name)
+
+    def save_export_progress(self, name: str, export_id: str, progress: ExportProgress) -> None:
+        """Write an export's counters alone (its pause switch)."""
+        self._stream(name).storage.set_export_progress(export_id, progress)
+        self._mark_status(name)
+
+    def forget_export(self, name: str, export_id: str) -> None:
+        """Delete the checkpoint and counters of an export the stream no longer has."""
+        self._stream(name).storage.delete_checkpoint(export_id)
+
+    def mark_status_changed(self, name: str) -> None:
+        """Republish the status topic of ``name`` (at most once per status interval)."""
+        if name in self._streams:
+            self._mark_status(name)
 
     # --- drop_exported (the upload plugin calls in once it moved a checkpoint) ----------------
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ExportInfo",
+    "ExportProgress",
     "InvalidStreamRequestError",
     "StorageInfo",
     "StreamDescription",
@@ -109,8 +110,29 @@ class StorageInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ExportProgress:
+    """An export's persisted counters, kept by the store with its checkpoint (they survive restarts).
+
+    ``exported_*`` count records AWS accepted (a record re-sent after a crash counts again: at
+    least once); ``dead_lettered`` counts records AWS refused for good, moved to the dead-letter
+    stream; ``disabled`` is the pause switch of the stream API.
+    """
+
+    exported_records: int = 0
+    exported_bytes: int = 0
+    dead_lettered: int = 0
+    last_export_time_ms: int | None = None
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ExportInfo:
-    """One export's progress, as ``streams describe --json`` shows it."""
+    """One export's progress, as ``streams describe --json`` shows it.
+
+    ``lag_records`` counts the stored records after ``last_exported_sequence``; ``lag_bytes`` is
+    estimated from the stream's average stored record size (exact would need a scan).
+    ``lost_records``: records retention removed before this export delivered them.
+    """
 
     id: str
     type: str
@@ -119,16 +141,28 @@ class ExportInfo:
     exported_records: int
     state: str
     last_error: str | None
+    priority: int = 5
+    exported_bytes: int = 0
+    lag_records: int = 0
+    lag_bytes: int = 0
+    dead_lettered: int = 0
+    lost_records: int = 0
 
     def to_json_dict(self) -> dict[str, object]:
         """The export object of ``streams describe --json``."""
         return {
             "id": self.id,
             "type": self.type,
+            "priority": self.priority,
+            "state": self.state,
             "last_exported_sequence": self.last_exported_sequence,
             "last_export_time": self.last_export_time,
             "exported_records": self.exported_records,
-            "state": self.state,
+            "exported_bytes": self.exported_bytes,
+            "lag_records": self.lag_records,
+            "lag_bytes": self.lag_bytes,
+            "dead_lettered": self.dead_lettered,
+            "lost_records": self.lost_records,
             "last_error": self.last_error,
         }
 
@@ -200,4 +234,8 @@ class StreamService(Protocol):
 
     async def delete(self, name: str) -> None:
         """Delete a stream and its records."""
+        ...
+
+    def set_export_enabled(self, name: str, export_id: str, *, enabled: bool) -> ExportInfo:
+        """Pause (``enabled=False``) or resume an export of ``name``; persisted."""
         ...

@@ -21,6 +21,8 @@ column family            key                                 value
                                                              delivered, 8 bytes big-endian
 ``s/<stream name>``      ``FF*8 + b"l/" + export id``        records removed by retention before that
                                                              export delivered them, 8 bytes BE
+``s/<stream name>``      ``FF*8 + b"p/" + export id``        export progress (below), written in the
+                                                             same batch as the checkpoint
 =======================  ==================================  ======================================
 
 Sequences are below 2**63, so their keys start with a byte below ``0x80`` and sort before the
@@ -53,6 +55,14 @@ Stream metadata, version 1 (big-endian)::
     bytes 1..4    CRC-32 of bytes 5..
     then six unsigned 64-bit integers: next sequence, oldest sequence, total bytes,
     dropped oldest, rejected new, expired
+
+Export progress, version 1 (big-endian)::
+
+    byte 0        format version (1)
+    bytes 1..4    CRC-32 of bytes 5..
+    then          exported records, exported bytes, dead-lettered records (unsigned 64-bit),
+                  last export time in ms (signed 64-bit, -1 = never), flags (1 byte: bit 0 =
+                  disabled)
 
 Invariants
 ----------
@@ -149,7 +159,7 @@ from headwater.plugins.streams.retention import (
     plan_free_through,
     unexported_by_export,
 )
-from headwater.plugins.streams.service import StorageInfo, StreamRecord
+from headwater.plugins.streams.service import ExportProgress, StorageInfo, StreamRecord
 
 if TYPE_CHECKING:
     from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
@@ -189,6 +199,11 @@ _STREAM_KEYS_PREFIX: Final = b"\xff" * 8
 _STREAM_META_KEY: Final = _STREAM_KEYS_PREFIX + b"m"
 _CHECKPOINT_PREFIX: Final = _STREAM_KEYS_PREFIX + b"c/"
 _LOST_PREFIX: Final = _STREAM_KEYS_PREFIX + b"l/"
+_PROGRESS_PREFIX: Final = _STREAM_KEYS_PREFIX + b"p/"
+_PROGRESS_V1: Final = 1
+_PROGRESS_PREFIX_STRUCT: Final = struct.Struct(">BI")
+_PROGRESS_BODY: Final = struct.Struct(">QQQqB")
+_PROGRESS_DISABLED: Final = 1
 
 _STREAM_RECORD_V1: Final = 1
 # version, CRC-32 of the rest, QoS, timestamp ms, topic length, client id length
@@ -609,6 +624,7 @@ class StreamStore:
         self._expired = 0
         self._checkpoints: dict[str, int] = {}
         self._lost: dict[str, int] = {}
+        self._progress: dict[str, ExportProgress] = {}
         self._load()
 
     # -- access ------------------------------------------------------------------------------
@@ -638,6 +654,15 @@ class StreamStore:
                     self._checkpoints[key[len(_CHECKPOINT_PREFIX) :].decode()] = _COUNTER.unpack(value)[0]
                 elif key.startswith(_LOST_PREFIX) and len(value) == _COUNTER.size:
                     self._lost[key[len(_LOST_PREFIX) :].decode()] = _COUNTER.unpack(value)[0]
+                elif key.startswith(_PROGRESS_PREFIX):
+                    export_id = key[len(_PROGRESS_PREFIX) :].decode()
+                    progress = _decode_progress(value)
+                    if progress is None:
+                        where = f"stream {self.name!r} export {export_id!r} progress"
+                        reason = "bad checksum or size; counters restart at 0"
+                        self._database.note_corrupt_record(where, reason)
+                    else:
+                        self._progress[export_id] = progress
                 else:
                     self._database.note_corrupt_record(f"stream {self.name!r} metadata", f"bad key {key!r}")
         except StorageError:
@@ -1016,29 +1041,76 @@ class StreamStore:
         """Every export's checkpoint, by export id."""
         return dict(self._checkpoints)
 
-    def set_checkpoint(self, export_id: str, sequence: int) -> None:
+    def export_progress(self, export_id: str) -> ExportProgress:
+        """Export ``export_id``'s persisted counters (zeros before its first delivery)."""
+        return self._progress.get(export_id, ExportProgress())
+
+    def set_checkpoint(self, export_id: str, sequence: int, progress: ExportProgress | None = None) -> None:
         """Record that export ``export_id`` delivered every record up to ``sequence``.
 
+        ``progress`` (the export's counters after this delivery) is written in the same batch.
         Durable in the WAL on return. It may move backwards (an export restarted from an older
         start), but not beyond the newest sequence given.
         """
         if not 0 <= sequence < self._next:
             msg = f"checkpoint {sequence} of stream {self.name!r}: not a sequence it gave (next {self._next})"
             raise ValueError(msg)
+        handle = self._handle()
         batch = WriteBatch(raw_mode=True)
-        batch.put(_CHECKPOINT_PREFIX + export_id.encode(), _COUNTER.pack(sequence), self._handle())
+        batch.put(_CHECKPOINT_PREFIX + export_id.encode(), _COUNTER.pack(sequence), handle)
+        if progress is not None:
+            batch.put(_PROGRESS_PREFIX + export_id.encode(), _encode_progress(progress), handle)
         self._database.write(batch)
         self._checkpoints[export_id] = sequence
+        if progress is not None:
+            self._progress[export_id] = progress
+
+    def set_export_progress(self, export_id: str, progress: ExportProgress) -> None:
+        """Persist export ``export_id``'s counters alone (e.g. its ``disabled`` switch)."""
+        batch = WriteBatch(raw_mode=True)
+        batch.put(_PROGRESS_PREFIX + export_id.encode(), _encode_progress(progress), self._handle())
+        self._database.write(batch)
+        self._progress[export_id] = progress
 
     def delete_checkpoint(self, export_id: str) -> None:
-        """Forget export ``export_id``: its checkpoint and its lost counter."""
+        """Forget export ``export_id``: its checkpoint, its lost counter and its progress."""
         handle = self._handle()
         batch = WriteBatch(raw_mode=True)
         batch.delete(_CHECKPOINT_PREFIX + export_id.encode(), handle)
         batch.delete(_LOST_PREFIX + export_id.encode(), handle)
+        batch.delete(_PROGRESS_PREFIX + export_id.encode(), handle)
         self._database.write(batch)
         self._checkpoints.pop(export_id, None)
         self._lost.pop(export_id, None)
+        self._progress.pop(export_id, None)
+
+
+def _encode_progress(progress: ExportProgress) -> bytes:
+    body = _PROGRESS_BODY.pack(
+        progress.exported_records,
+        progress.exported_bytes,
+        progress.dead_lettered,
+        -1 if progress.last_export_time_ms is None else progress.last_export_time_ms,
+        _PROGRESS_DISABLED if progress.disabled else 0,
+    )
+    return _PROGRESS_PREFIX_STRUCT.pack(_PROGRESS_V1, zlib.crc32(body)) + body
+
+
+def _decode_progress(value: bytes) -> ExportProgress | None:
+    if len(value) != _PROGRESS_PREFIX_STRUCT.size + _PROGRESS_BODY.size:
+        return None
+    version, checksum = _PROGRESS_PREFIX_STRUCT.unpack_from(value)
+    body = value[_PROGRESS_PREFIX_STRUCT.size :]
+    if version != _PROGRESS_V1 or zlib.crc32(body) != checksum:
+        return None
+    records, size, dead, last, flags = _PROGRESS_BODY.unpack(body)
+    return ExportProgress(
+        exported_records=records,
+        exported_bytes=size,
+        dead_lettered=dead,
+        last_export_time_ms=None if last < 0 else last,
+        disabled=bool(flags & _PROGRESS_DISABLED),
+    )
 
 
 class RetainedStore:

@@ -274,7 +274,7 @@ def test_leading_zero_is_not_octal(tmp_path: Path) -> None:
         ),
         (
             {"uploads": {"bandwidth": "1Mbit/s"}},
-            "uploads.bandwidth: unknown key (expected one of: max_bandwidth)",
+            "uploads.bandwidth: unknown key (expected one of: max_backoff, max_bandwidth, priority_aging)",
         ),
         (
             {"deploy": {"policy": {"allow_root": True}}},
