@@ -31,6 +31,11 @@ uvloop, 2 cores): a file stream ingests as fast as no stream (acknowledgements l
 of a whole batch, which also batches the client's next publishes), ``flush_on_write`` at about
 0.85x, a memory stream at about 0.95x.
 
+Headwater's control topics (everything under ``<topic_prefix>/``: stream API requests, deploy
+messages that may carry compose files) are recorded only by a stream with a filter that names
+the prefix literally (``headwater/deploy/#``), never by one that reaches them through a leading
+wildcard (``#``, ``+/deploy/#``) — as MQTT keeps ``$`` topics out of ``#``.
+
 Outcomes: ``reject_new`` on a full stream drops the record, counts it (``rejected_new``) and
 completes the future normally: the publisher's session is not harmed. ``overwrite_oldest``
 drops the oldest records (``dropped_oldest``). A storage failure (``StorageWriteError``: disk
@@ -65,7 +70,9 @@ the plugin serves the config file's streams plus the stored run-time definitions
 Background tasks (owned by the plugin host, named, stopped by :meth:`StreamsPlugin.stop`)
 -----------------------------------------------------------------------------------------
 
-* ``headwater-streams-retention``: every second, per stream, expires at most
+* ``headwater-streams-retention``: every second, first reopens the database if a write failed
+  (RocksDB refuses every write after a failure, e.g. a full disk, until reopened: once space is
+  free again, writes resume without a restart), then, per stream, expires at most
   ``expire_per_tick`` records older than ``ttl`` and frees what every export delivered
   (``drop_exported``; nothing to do until exports exist); compacts a stream's column family
   after ``compact_after`` records left it (TTL, overwrite_oldest, drop_exported).
@@ -334,6 +341,7 @@ class StreamsPlugin:
         self._status_interval = status_interval
         self._host: PluginHost | None = None
         self._exports: ExportObserver | None = None
+        self._control_prefix = "headwater/"  # set from the config in start()
         self._streams: dict[str, _Stream] = {}
         self._index: TopicFilterIndex[_Stream] = TopicFilterIndex()
         self._group_commit = group_commit
@@ -373,6 +381,7 @@ class StreamsPlugin:
     async def start(self, host: PluginHost) -> None:
         """Open every stream (config file + run-time definitions), then intercept and spawn tasks."""
         self._host = host
+        self._control_prefix = f"{host.config.topic_prefix}/"
         self._batch = _Batch(asyncio.get_running_loop())
         database = host.database
         for config in host.config.streams.values():
@@ -432,6 +441,9 @@ class StreamsPlugin:
     def intercept(self, message: IncomingPublish) -> asyncio.Future[None] | None:
         """Queue ``message`` for every stream it matches; see the module docstring."""
         matched = self._index.match(message.topic)
+        prefix = self._control_prefix
+        if matched and message.topic.startswith(prefix):
+            matched = {stream for stream in matched if _names_control_prefix(stream.config, prefix)}
         if not matched:
             return None
         record = NewRecord(
@@ -859,7 +871,15 @@ class StreamsPlugin:
             await self.sweep()
 
     async def sweep(self) -> None:
-        """One retention pass over every stream (the retention task runs it every second)."""
+        """One retention pass over every stream (the retention task runs it every second).
+
+        It first tries to make a database that refused a write (full disk) writable again.
+        """
+        assert self._host is not None  # noqa: S101 - started
+        database = self._host.database
+        if database.write_error is not None and database.recover():
+            for name in self._streams:
+                self._mark_status(name)
         now_ms = time.time_ns() // 1_000_000
         for stream in list(self._streams.values()):
             if self._streams.get(stream.name) is not stream:
@@ -1000,6 +1020,11 @@ class StreamsPlugin:
             f"stream {name!r} is defined in the config file ({self._host.config.source}) and can't be "
             f"{what} at run time: change it there and restart"
         )
+
+
+def _names_control_prefix(config: StreamConfig, prefix: str) -> bool:
+    """Whether one of the stream's filters names Headwater's control prefix literally."""
+    return any(topic_filter.startswith(prefix) for topic_filter in config.topics)
 
 
 def _rejected(stream: _Stream) -> StreamRejectedError:

@@ -142,12 +142,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
 import logging
+import shutil
 import struct
+import traceback
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar, cast
 
 from rocksdict import Options, Rdict, WriteBatch
 
@@ -162,7 +166,7 @@ from headwater.plugins.streams.retention import (
 from headwater.plugins.streams.service import ExportProgress, StorageInfo, StreamRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 
     from rocksdict import ColumnFamily
 
@@ -182,6 +186,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _FORMAT_VERSION: Final = b"1"
 _RETAINED_RECORD_V1: Final = 1
@@ -212,6 +219,9 @@ _RECORD_CHECKED_FROM: Final = 5  # the CRC covers the record from this byte on
 _RECORD_BODY_HEAD: Final = struct.Struct(">BqHH")
 _RECORD_PREFIX: Final = struct.Struct(">BI")
 _MAX_QOS: Final = 2
+
+# Free space a reopen needs besides the WAL it replays into a table (manifest, new WAL, slack).
+_REOPEN_MARGIN: Final = 1024 * 1024
 
 _STREAM_META_V1: Final = 1
 _STREAM_META_PREFIX: Final = struct.Struct(">BI")
@@ -301,6 +311,35 @@ def _stream_family(name: str) -> str:
     return _STREAM_FAMILY_PREFIX + name
 
 
+def _releasing_handles(method: Callable[P, R]) -> Callable[P, R]:
+    """On a storage error, drop the locals of the failed write's frames (they hold handles).
+
+    A failed write's traceback keeps its frames, and their column-family handles and write
+    batches, alive as long as someone keeps the exception (a log record, a future); RocksDB
+    can't be reopened by :meth:`Database.recover` while any handle lives.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except StorageError as exc:
+            _forget_frames(exc)
+            raise
+
+    return wrapper
+
+
+def _forget_frames(exc: BaseException) -> None:
+    """Drop the local variables of the finished frames in ``exc``'s traceback (and its causes')."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
+
+
 class Database:
     """An open RocksDB database under ``data_dir``; create it with :meth:`open`.
 
@@ -326,27 +365,67 @@ class Database:
         self._sync_task: asyncio.Task[None] | None = None
         self._wal_syncs = 0
         self._corrupt_records_skipped = 0
+        self._write_error: str | None = None  # RocksDB refuses writes until reopened
+        self._closed = False
+        self._recoveries = 0
         self.retained = RetainedStore(self)
 
     @classmethod
     def open(cls, data_dir: Path) -> Database:
         """Open (creating if needed) the database at ``data_dir/db``."""
         path = data_dir / "db"
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            existing = set(Rdict.list_cf(str(path), _options())) if (path / "CURRENT").exists() else set()
-            families = {name: _options() for name in existing | set(_REQUIRED_COLUMN_FAMILIES)}
-            families.pop("default", None)
-            db = Rdict(str(path), options=_options(), column_families=families)
-        except OSError as exc:
-            msg = f"cannot create {path}: {exc.strerror or exc}"
-            raise StorageOpenError(msg) from exc
-        except Exception as exc:  # rocksdict raises plain Exception subclasses
-            msg = f"cannot open {path}: {exc}"
-            raise StorageOpenError(msg) from exc
+        db, families = _open_rdict(path)
         database = cls(db, path, column_families=families)
         database._check_format()
         return database
+
+    @property
+    def write_error(self) -> str | None:
+        """Why writes fail until :meth:`recover` succeeds (``None`` when they work)."""
+        return self._write_error
+
+    def recover(self) -> bool:
+        """After a failed write (a full disk), reopen the database so that writes work again.
+
+        RocksDB refuses every write after one failed: the error is sticky until the database is
+        reopened. Reopening replays the WAL, so what was written stays; each open stream then
+        reloads its metadata and checkpoints from disk (the disk is the truth). Returns whether
+        writes work again; if the disk is still full the reopen fails the same way and nothing
+        changes. Call it from one place at a time, outside any write (it swaps every handle).
+        """
+        if self._write_error is None:
+            return True
+        busy = self._compactions or (self._sync_task is not None and not self._sync_task.done())
+        if self._closed or busy:
+            return False  # worker threads use the handles: try again later
+        if self._db is not None and not self._room_to_reopen():
+            return False  # reopening would fail the same way; meanwhile reads keep working
+        stream_stores = list(self._streams.values())
+        self._views.clear()
+        self._column_families.clear()
+        if self._db is not None:
+            db, self._db = self._db, None
+            with contextlib.suppress(Exception):  # the close itself may hit the full disk
+                db.close()
+            del db
+        # RocksDB's lock goes only with the last handle: tracebacks of the failed writes (in
+        # reference cycles) still hold column-family handles in their frames.
+        gc.collect()
+        try:
+            self._db, _ = _open_rdict(self.path)
+        except StorageOpenError as exc:
+            # Nothing is open now (reads fail too, as writes do): try again next time.
+            logger.warning("%s is still not writable: %s", self.path, exc)
+            return False
+        self._column_families.update(
+            {name: self._db.get_column_family_handle(name) for name in _REQUIRED_COLUMN_FAMILIES}
+        )
+        for store in stream_stores:
+            store._reload()  # noqa: SLF001 - this module owns both classes
+        self._write_error = None
+        self._recoveries += 1
+        logger.warning("%s reopened after a write error: writes work again", self.path)
+        return True
 
     def _check_format(self) -> None:
         meta = self._column_families[_CF_META]
@@ -362,7 +441,7 @@ class Database:
     @property
     def _rdict(self) -> Rdict:
         if self._db is None:
-            msg = f"{self.path} is closed"
+            msg = f"{self.path} is closed" if self._closed else f"{self._write_error} (reopening)"
             raise StorageError(msg)
         return self._db
 
@@ -379,6 +458,15 @@ class Database:
             view = self._views[family] = self._rdict.get_column_family(family)
         return view
 
+    def _room_to_reopen(self) -> bool:
+        """Whether the filesystem has room for what a reopen writes (the WAL flushed to a table)."""
+        try:
+            wal_bytes = sum(entry.stat().st_size for entry in self.path.glob("*.log"))
+            free = shutil.disk_usage(self.path).free
+        except OSError:
+            return False
+        return free > wal_bytes + _REOPEN_MARGIN
+
     def write(self, batch: WriteBatch) -> None:
         """Apply ``batch`` atomically (to the WAL, no fsync). Consumes the batch."""
         try:
@@ -387,6 +475,7 @@ class Database:
             raise
         except Exception as exc:
             msg = f"write to {self.path} failed: {exc}"
+            self._write_error = msg
             raise StorageWriteError(msg) from exc
 
     def request_wal_sync(self) -> asyncio.Future[None]:
@@ -408,7 +497,8 @@ class Database:
             try:
                 await asyncio.to_thread(self._rdict.flush_wal, True)  # noqa: FBT003 - rocksdict's positional API
             except Exception as exc:  # noqa: BLE001 - translated and handed to every waiter
-                waiter.set_exception(StorageWriteError(f"fsync of {self.path} failed: {exc}"))
+                self._write_error = f"fsync of {self.path} failed: {exc}"
+                waiter.set_exception(StorageWriteError(self._write_error))
             else:
                 self._wal_syncs += 1
                 waiter.set_result(None)
@@ -485,12 +575,14 @@ class Database:
             raise StorageWriteError(msg) from exc
         self._stream_families.discard(family)
 
+    @_releasing_handles
     def put_stream_definition(self, name: str, definition: bytes) -> None:
         """Store the run-time definition of stream ``name`` (opaque bytes), replacing any."""
         batch = WriteBatch(raw_mode=True)
         batch.put(name.encode(), definition, self.column_family(_CF_STREAM_DEFINITIONS))
         self.write(batch)
 
+    @_releasing_handles
     def delete_stream_definition(self, name: str) -> None:
         """Forget the run-time definition of stream ``name`` (no error if there is none)."""
         batch = WriteBatch(raw_mode=True)
@@ -544,6 +636,7 @@ class Database:
 
     def close(self) -> None:
         """Flush the WAL and close; idempotent."""
+        self._closed = True
         if self._db is None:
             return
         db, self._db = self._db, None
@@ -561,6 +654,21 @@ class Database:
             db.close()
         except Exception as exc:  # noqa: BLE001 - same: the close itself may hit the full disk
             logger.warning("closing %s: %s", self.path, exc)
+
+
+def _open_rdict(path: Path) -> tuple[Rdict, dict[str, Options]]:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        existing = set(Rdict.list_cf(str(path), _options())) if (path / "CURRENT").exists() else set()
+        families = {name: _options() for name in existing | set(_REQUIRED_COLUMN_FAMILIES)}
+        families.pop("default", None)
+        return Rdict(str(path), options=_options(), column_families=families), families
+    except OSError as exc:
+        msg = f"cannot create {path}: {exc.strerror or exc}"
+        raise StorageOpenError(msg) from exc
+    except Exception as exc:  # rocksdict raises plain Exception subclasses
+        msg = f"cannot open {path}: {exc}"
+        raise StorageOpenError(msg) from exc
 
 
 def _items(view: Rdict, from_key: bytes | None) -> Iterator[tuple[bytes, bytes]]:
@@ -643,6 +751,15 @@ class StreamStore:
 
     def _where(self, sequence: int) -> str:
         return f"stream {self.name!r} sequence {sequence}"
+
+    def _reload(self) -> None:
+        """Forget the in-memory metadata and read it again (after the database was reopened)."""
+        self._next = self._oldest = self._total_bytes = 0
+        self._dropped_oldest = self._rejected_new = self._expired = 0
+        self._checkpoints.clear()
+        self._lost.clear()
+        self._progress.clear()
+        self._load()
 
     def _load(self) -> None:
         view = self._view()
@@ -805,6 +922,7 @@ class StreamStore:
         """Per export id: records removed by retention before that export delivered them."""
         return dict(self._lost)
 
+    @_releasing_handles
     def append_batch(
         self, records: Sequence[NewRecord], *, limits: RetentionLimits, export_ids: Sequence[str] = ()
     ) -> AppendOutcome:
@@ -966,6 +1084,7 @@ class StreamStore:
         finally:
             del items, view
 
+    @_releasing_handles
     def expire(self, *, older_than_ms: int, max_records: int, export_ids: Sequence[str] = ()) -> int:
         """TTL sweep: remove up to ``max_records`` of the oldest records older than ``older_than_ms``.
 
@@ -1005,6 +1124,7 @@ class StreamStore:
         self._expired = expired
         return plan.count
 
+    @_releasing_handles
     def free_through(self, sequence: int) -> int:
         """Delete every record with a sequence <= ``sequence``; return how many were deleted.
 
@@ -1045,6 +1165,7 @@ class StreamStore:
         """Export ``export_id``'s persisted counters (zeros before its first delivery)."""
         return self._progress.get(export_id, ExportProgress())
 
+    @_releasing_handles
     def set_checkpoint(self, export_id: str, sequence: int, progress: ExportProgress | None = None) -> None:
         """Record that export ``export_id`` delivered every record up to ``sequence``.
 
@@ -1065,6 +1186,7 @@ class StreamStore:
         if progress is not None:
             self._progress[export_id] = progress
 
+    @_releasing_handles
     def set_export_progress(self, export_id: str, progress: ExportProgress) -> None:
         """Persist export ``export_id``'s counters alone (e.g. its ``disabled`` switch)."""
         batch = WriteBatch(raw_mode=True)
@@ -1072,6 +1194,7 @@ class StreamStore:
         self._database.write(batch)
         self._progress[export_id] = progress
 
+    @_releasing_handles
     def delete_checkpoint(self, export_id: str) -> None:
         """Forget export ``export_id``: its checkpoint, its lost counter and its progress."""
         handle = self._handle()
@@ -1119,6 +1242,7 @@ class RetainedStore:
     def __init__(self, database: Database) -> None:
         self._database = database
 
+    @_releasing_handles
     def put(self, topic: str, payload: bytes, qos: int) -> None:
         """Store ``payload`` as the retained message of ``topic``; empty payload deletes it."""
         family = self._database.column_family(_CF_RETAINED)

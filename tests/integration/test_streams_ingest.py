@@ -106,7 +106,8 @@ def test_builtin_plugins_always_include_streams_and_their_api(tmp_path: Path) ->
     from tests.fixtures.broker import write_config  # noqa: PLC0415
 
     config = load_config(write_config(tmp_path, {"streams": {}}))
-    assert [plugin.name for plugin in builtin_plugins(config)] == ["streams", "streams-api"]
+    names = [plugin.name for plugin in builtin_plugins(config)]
+    assert names[:3] == ["streams", "streams-api", "upload"]
 
 
 def test_acknowledged_publishes_are_stored_in_order_with_their_metadata(
@@ -505,3 +506,73 @@ def test_a_full_disk_refuses_records_and_says_so(
     # Everything acknowledged is stored (at least once). The reverse need not hold: a record
     # stored just before the connection was closed may miss its PUBACK; the client resends it.
     assert len(stored) - 1 >= len(acked)
+
+    # Space comes back: writes resume without a restart, nothing stored is lost.
+    (small_disk / "ballast").unlink()
+    database = streams.broker.app.host.database  # type: ignore[union-attr]
+    deadline = time.monotonic() + 20
+    while streams.run(lambda: database.write_error) is not None:
+        assert time.monotonic() < deadline, "the database was not reopened"
+        time.sleep(0.1)
+    mosquitto_pub(streams.port, topic, "after the disk was freed", qos=1)
+    after = streams.read("telemetry")
+    assert after[: len(stored)] == stored
+    assert after[-1].payload == b"after the disk was freed"
+    assert after[-1].sequence == stored[-1].sequence + 1
+    assert streams.run(lambda: streams.plugin.last_error("telemetry")) is None
+
+
+def test_wildcard_streams_do_not_record_headwater_control_topics(
+    start_streams: Callable[..., Streams],
+) -> None:
+    streams = start_streams(
+        """
+        streams:
+          everything: {topics: ["#"]}
+          levels: {topics: ["+/deploy/#"]}
+          deploys: {topics: ["headwater/deploy/#"]}
+        """
+    )
+    mosquitto_pub(streams.port, "sensors/a/telemetry", "reading", qos=1)
+    mosquitto_pub(streams.port, "headwater/streams/everything/read", '{"reply_to": "x"}', qos=1)
+    mosquitto_pub(streams.port, "headwater/deploy/web", "services: {}", qos=1)
+    mosquitto_pub(streams.port, "site/deploy/web", "not a control topic", qos=1)
+    everything = [record.topic for record in streams.read("everything")]
+    assert everything == ["sensors/a/telemetry", "site/deploy/web"]
+    assert [record.topic for record in streams.read("levels")] == ["site/deploy/web"]
+    assert [record.topic for record in streams.read("deploys")] == ["headwater/deploy/web"]
+
+
+def test_reads_concurrent_with_writes_see_a_consistent_prefix(start_streams: Callable[..., Streams]) -> None:
+    """Every read returns contiguous records from where it asked, each one complete and right."""
+    streams = start_streams(TELEMETRY)
+    total = 20_000
+    topic = unique_topic()
+    publisher = threading.Thread(
+        target=mosquitto_pub,
+        args=(streams.port, topic),
+        kwargs={"lines": [f"{n:06d}" + "x" * (n % 200) for n in range(total)], "qos": 1, "timeout": 120},
+    )
+    publisher.start()
+    reads = 0
+    seen_newest = -1
+    try:
+        while publisher.is_alive() or seen_newest < total - 1:
+            start = max(0, seen_newest - 300) if reads % 2 else seen_newest + 1
+            batch = streams.read("telemetry", from_sequence=start, max_count=2000)
+            reads += 1
+            if not batch:
+                if seen_newest == total - 1:
+                    break
+                assert publisher.is_alive(), f"the stream ends at {seen_newest}, expected {total - 1}"
+                continue
+            assert batch[0].sequence == start, "a read starts where it asked (nothing is ever dropped)"
+            for offset, record in enumerate(batch):
+                n = start + offset
+                assert record.sequence == n
+                assert record.payload == (f"{n:06d}" + "x" * (n % 200)).encode()
+            seen_newest = max(seen_newest, batch[-1].sequence)
+    finally:
+        publisher.join(120)
+    assert seen_newest == total - 1
+    assert reads > 10, "the reads did overlap the writes"
