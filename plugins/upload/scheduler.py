@@ -10,9 +10,9 @@ How a turn is chosen
 Every export has at most one request in flight (its driver asks for a turn, sends, then asks
 again), so the scheduler sees at most one waiting request per export. A request costs its size
 in bytes. Budgets are token buckets that may go into debt: a request is granted as soon as its
-buckets hold tokens (are not in debt), whatever its size, and its cost is then taken — so a request larger than
-a second's budget still goes out, and the next one waits until the debt is paid back. A bucket
-holds at most one second of its rate (the burst).
+buckets hold tokens (are not in debt), whatever its size, and its cost is then taken — so a
+request larger than a second's budget still goes out, and the next one waits until the debt is
+paid back. A bucket holds at most one second of its rate (the burst).
 
 When the shared budget allows a grant, the waiting request with the best *effective priority*
 goes: its priority minus one level per :attr:`UploadScheduler.aging` seconds it has waited (ties:
