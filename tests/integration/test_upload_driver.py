@@ -398,3 +398,39 @@ def test_the_cli_describe_shows_the_exports(headwater_factory: BrokerFactory) ->
     ).stdout
     assert "fake" in text
     assert "idle" in text
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [headwater_executable(), "streams", *args, "--url", url]
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+    paused = cli("pause", "telemetry", "fake")
+    assert (paused.returncode, paused.stdout) == (0, "export fake of stream telemetry: disabled\n")
+    assert json.loads(cli("resume", "telemetry", "fake", "--json").stdout)["state"] != "disabled"
+    unknown = cli("pause", "telemetry", "nope")
+    assert unknown.returncode == 2
+    assert "no export 'nope'" in unknown.stderr
+
+
+def test_records_removed_by_retention_before_export_count_as_lost(headwater_factory: BrokerFactory) -> None:
+    body = """
+    streams:
+      telemetry:
+        topics: ["sensors/+/telemetry"]
+        max_size: 4KiB
+        exports:
+          - {id: fake, type: kinesis, stream_name: raw, batch_interval: 0s}
+    """
+    hub = _start(headwater_factory, body)
+    with hub.client() as client:
+        client.pause_export("telemetry", "fake")
+    _publish(hub.port, 200)  # ~60 B stored per record: most of them are overwritten
+    export = hub.describe("telemetry").exports[0]
+    storage = hub.describe("telemetry").storage
+    assert storage.dropped_oldest > 0
+    assert export.lost_records == storage.dropped_oldest
+    assert export.lag_records == storage.record_count
+    with hub.client() as client:
+        client.resume_export("telemetry", "fake")
+    sink = hub.sinks.get("telemetry", "fake")
+    _wait(lambda: len(sink.sequences()) == storage.record_count, "what was left")
+    assert sink.sequences() == list(range(storage.oldest_sequence or 0, 200))
