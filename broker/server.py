@@ -36,6 +36,7 @@ from amqtt.adapters import StreamWriterAdapter
 from amqtt.broker import Broker, RetainedApplicationMessage, Server
 from amqtt.contexts import Action
 
+from headwater.broker.config import ListenerConfig
 from headwater.broker.durable import (
     PRINCIPAL_ATTRIBUTE,
     DurableAckProtocolHandler,
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
     from amqtt.session import Session
 
     from headwater.broker.access import AccessPolicy
-    from headwater.broker.config import ListenerConfig
     from headwater.plugins.streams.store import RetainedStore
 
 __all__ = ["Authenticator", "BoundListener", "HeadwaterBroker", "ListenerStartError", "RetainedPersistence"]
@@ -109,10 +109,16 @@ class Authenticator:
             logger.info("loaded %d user(s) from %s", len(self._passwords.usernames), self._password_path)
         return self._passwords
 
-    async def authenticate(self, username: str | None, password: str | None) -> tuple[bool, str | None]:
-        """Return (accepted, principal). The principal is None for anonymous clients."""
+    async def authenticate(
+        self, username: str | None, password: str | None, *, allow_anonymous: bool | None = None
+    ) -> tuple[bool, str | None]:
+        """Return (accepted, principal). The principal is None for anonymous clients.
+
+        ``allow_anonymous`` is the connection's listener's own rule (None: the broker's).
+        """
+        anonymous_ok = self.allow_anonymous if allow_anonymous is None else allow_anonymous
         if username is None:
-            return self.allow_anonymous, None
+            return anonymous_ok, None
         try:
             passwords = self._current_passwords()
         except (OSError, PasswordFileError) as exc:
@@ -120,7 +126,7 @@ class Authenticator:
             return False, None
         if passwords is None:
             # No password file: a claimed username proves nothing, so it gets anonymous rights.
-            return self.allow_anonymous, None
+            return anonymous_ok, None
         # argon2 is deliberately slow: keep it off the event loop.
         accepted = await asyncio.to_thread(passwords.verify, username, password or "")
         return accepted, username if accepted else None
@@ -158,7 +164,7 @@ class HeadwaterBroker(Broker):
         # listener: Headwater opens the sockets itself in _start_listeners.
         super().__init__({"listeners": {"default": {"bind": None}}, "plugins": {}})
         self._headwater_listeners = listeners
-        # amqtt only looks listeners up by name to hand them to _authenticate, which ignores them.
+        # amqtt only looks listeners up by name to hand them to _authenticate (per-listener rules).
         self.listeners_config = {listener.name: listener for listener in listeners}  # type: ignore[misc]
         self._authenticator = authenticator
         self._gate = gate
@@ -315,8 +321,12 @@ class HeadwaterBroker(Broker):
         handler = DurableAckProtocolHandler(self.plugins_manager, gate=self._gate, loop=self._loop)
         return handler, session
 
-    async def _authenticate(self, session: Session, _: Any) -> bool:
-        accepted, principal = await self._authenticator.authenticate(session.username, session.password)
+    async def _authenticate(self, session: Session, listener: Any) -> bool:
+        # amqtt hands over listeners_config[name]: our ListenerConfig (see __init__).
+        own_rule = listener.allow_anonymous if isinstance(listener, ListenerConfig) else None
+        accepted, principal = await self._authenticator.authenticate(
+            session.username, session.password, allow_anonymous=own_rule
+        )
         session.password = None  # nothing secret stays in memory longer than needed
         session.attributes[PRINCIPAL_ATTRIBUTE] = principal
         session.is_anonymous = principal is None

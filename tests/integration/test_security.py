@@ -29,6 +29,23 @@ def test_anonymous_is_refused_when_disabled(headwater_factory: BrokerFactory) ->
     assert refused_pub.returncode != 0
 
 
+def test_a_listener_can_have_its_own_anonymous_rule(headwater_factory: BrokerFactory) -> None:
+    broker = headwater_factory(
+        """
+        broker:
+          allow_anonymous: false
+          listeners:
+            default: {bind: "127.0.0.1:0"}
+            health: {bind: "127.0.0.1:0", allow_anonymous: true}
+        """
+    )
+    default, health = (bound.port for bound in broker.app.bound)
+    assert mosquitto_pub(health, "a/b", "x", qos=1, check=False).returncode == 0
+    refused = mosquitto_pub(default, "a/b", "x", qos=1, check=False)
+    assert refused.returncode != 0
+    assert b"not authorised" in refused.stderr.lower()
+
+
 @pytest.fixture
 def secured(headwater_factory: BrokerFactory, tmp_path: Path) -> InProcessBroker:
     passwords = tmp_path / "passwd"

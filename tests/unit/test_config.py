@@ -252,7 +252,7 @@ def test_leading_zero_is_not_octal(tmp_path: Path) -> None:
         ),
         (
             {"broker": {"listeners": {"a": {"bind": "127.0.0.1:1", "port": 2}}}},
-            "broker.listeners.a.port: unknown key (expected one of: bind, tls, type)",
+            "broker.listeners.a.port: unknown key (expected one of: allow_anonymous, bind, tls, type)",
         ),
         (
             {"broker": {"acl": {"bob": {"read": ["#"]}}}},
