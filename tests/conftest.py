@@ -18,8 +18,10 @@ import pytest
 pytest_plugins = [
     "tests.fixtures.mosquitto",
     "tests.fixtures.aws",
+    "tests.fixtures.aws_faults",
     "tests.fixtures.docker_engine",
     "tests.fixtures.broker",
+    "tests.fixtures.image",
 ]
 
 # A test that uses one of these fixtures gets the marker, so that `-m "not docker"` also
