@@ -22,7 +22,7 @@ import threading
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 from headwater.broker.config import ConfigError, load_config
 from headwater.broker.logs import setup_logging
@@ -30,10 +30,12 @@ from headwater.broker.passwords import PasswordFileError, delete_user, set_passw
 from headwater.clients.connection import DEFAULT_URL, ENV_URL, InvalidURLError, resolve_url
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from headwater.broker.config import HeadwaterConfig
+    from headwater.clients.deploy import DeployClient
     from headwater.clients.streams import StreamClient
+    from headwater.plugins.deploy.model import DeploymentStatus
     from headwater.plugins.streams.service import StorageInfo, StreamRecord
 
 __all__ = ["main"]
@@ -123,7 +125,7 @@ def _warn_about_exposure(config: HeadwaterConfig) -> None:
     for listener in settings.listeners:
         if listener.is_loopback:
             continue
-        if settings.allow_anonymous:
+        if settings.allow_anonymous if listener.allow_anonymous is None else listener.allow_anonymous:
             logger.warning(
                 "listener %s (%s:%d) accepts anonymous clients from the network (allow_anonymous: true)",
                 listener.name,
@@ -203,6 +205,8 @@ def _cmd_streams(args: argparse.Namespace) -> int:
         "describe": _streams_describe,
         "read": _streams_read,
         "append": _streams_append,
+        "pause": _streams_pause_or_resume,
+        "resume": _streams_pause_or_resume,
     }
     payload = _append_payload(args) if args.action == "append" else b""
     try:
@@ -311,15 +315,31 @@ def _streams_describe(client: StreamClient, args: argparse.Namespace, _payload: 
             (
                 export.id,
                 export.type,
+                str(export.priority),
                 export.state,
                 "-" if export.last_exported_sequence is None else str(export.last_exported_sequence),
                 "-" if export.last_export_time is None else _timestamp(export.last_export_time),
                 str(export.exported_records),
+                f"{export.lag_records} ({_human_size(export.lag_bytes)})",
+                str(export.dead_lettered),
+                str(export.lost_records),
                 export.last_error or "",
             )
             for export in description.exports
         ]
-        header = ("ID", "TYPE", "STATE", "LAST SEQ", "LAST EXPORT", "EXPORTED", "LAST ERROR")
+        header = (
+            "ID",
+            "TYPE",
+            "PRIO",
+            "STATE",
+            "LAST SEQ",
+            "LAST EXPORT",
+            "EXPORTED",
+            "LAG",
+            "DEAD",
+            "LOST",
+            "LAST ERROR",
+        )
         lines += [f"  {line}" for line in _table(header, rows)]
     print("\n".join(lines))
     return EXIT_OK
@@ -355,8 +375,25 @@ def _streams_read(client: StreamClient, args: argparse.Namespace, _payload: byte
     except KeyboardInterrupt:
         if not args.follow:
             raise
-        # Ctrl-C is how --follow ends.
+        # Ctrl-C is how --follow ends. Closing the connection must not keep the terminal: if
+        # it has not finished within a few seconds, say so and exit anyway.
+        _exit_after(_CLOSE_GRACE, "the connection did not close after Ctrl-C; exiting anyway")
     return EXIT_OK
+
+
+_CLOSE_GRACE: Final = 5.0
+
+
+def _exit_after(seconds: float, message: str) -> None:
+    """Exit the process (status 0) after ``seconds`` unless it has ended by then."""
+
+    def expire() -> None:
+        print(f"headwater: {message}", file=sys.stderr, flush=True)
+        os._exit(EXIT_OK)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 class _RecordPrinter:
@@ -407,6 +444,18 @@ def _interruptible(client: StreamClient, records: Iterator[StreamRecord]) -> Ite
         worker.join(timeout=5)
 
 
+def _streams_pause_or_resume(client: StreamClient, args: argparse.Namespace, _payload: bytes) -> int:
+    if args.action == "pause":
+        export = client.pause_export(args.name, args.export)
+    else:
+        export = client.resume_export(args.name, args.export)
+    if args.json:
+        _print_json(export.to_json_dict())
+    else:
+        print(f"export {export.id} of stream {args.name}: {export.state}")
+    return EXIT_OK
+
+
 def _streams_append(client: StreamClient, args: argparse.Namespace, payload: bytes) -> int:
     sequence = client.append(args.name, payload, topic=args.topic)
     if args.json:
@@ -414,6 +463,286 @@ def _streams_append(client: StreamClient, args: argparse.Namespace, payload: byt
     else:
         print(f"appended to {args.name} at sequence {sequence}")
     return EXIT_OK
+
+
+# --- deploy ----------------------------------------------------------------------------------
+
+_DEPLOY_HELP = """\
+Deploy, update and remove docker compose apps on a Headwater gateway. The desired state of app
+APP is the retained message on <prefix>/deploy/APP; Headwater runs docker compose and reports
+on <prefix>/deploy/APP/status (docs/deploy.md).
+
+  headwater deploy up web -f compose.yml            deploy or update, wait until it runs
+  headwater deploy up web -f compose.yml --pull never --force
+  headwater deploy down web                         remove, wait until it is gone
+  headwater deploy status                           every app, as a table
+  headwater deploy status web --watch               one app, then its changes until Ctrl-C
+
+The same works with nothing but mosquitto: mosquitto_pub -r -t headwater/deploy/web -f compose.yml
+"""
+
+
+def _deploy_client_options(
+    parser: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int]
+) -> None:
+    _add_client_options(parser, handler)
+    parser.add_argument(
+        "--topic-prefix",
+        default="headwater",
+        metavar="PREFIX",
+        help="the broker's topic_prefix (default: headwater)",
+    )
+
+
+def _add_deploy_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    deploy = commands.add_parser(
+        "deploy",
+        help="run docker compose apps through retained messages",
+        description=_DEPLOY_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    deploy_actions = deploy.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = deploy_actions.add_parser(
+        "up",
+        help="deploy or update APP from a compose file",
+        description="Publish COMPOSE_FILE as the retained desired state of APP, then print its status "
+        "changes until it is running (exit 0), degraded or failed (exit 1).",
+    )
+    up.add_argument(
+        "app", metavar="APP", help="app name: 1-63 of a-z 0-9 _ -, starting with a letter or digit"
+    )
+    up.add_argument(
+        "-f", "--file", required=True, metavar="COMPOSE_FILE", help="the compose file ('-': standard input)"
+    )
+    up.add_argument(
+        "--pull",
+        choices=("always", "missing", "never"),
+        help="image pull policy for this app (default: the gateway's deploy.pull); never = offline",
+    )
+    up.add_argument("--force", action="store_true", help="recreate the containers even if nothing changed")
+    up.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a variable for ${NAME} in the compose file (repeatable)",
+    )
+    up.add_argument(
+        "--registry-auth",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="use the gateway's registry credential NAME (deploy.registries; repeatable)",
+    )
+    _add_wait_options(up)
+    _deploy_client_options(up, _cmd_deploy)
+    down = deploy_actions.add_parser(
+        "down",
+        help="remove APP",
+        description="Publish the empty retained message for APP (its containers and networks go, named "
+        "volumes stay), then wait until it is removed.",
+    )
+    down.add_argument("app", metavar="APP")
+    _add_wait_options(down)
+    _deploy_client_options(down, _cmd_deploy)
+    status = deploy_actions.add_parser(
+        "status",
+        help="show deployment status",
+        description="Show the status of every app (or of APP) from the retained status topics.",
+    )
+    status.add_argument("app", nargs="?", metavar="APP")
+    status.add_argument("--watch", action="store_true", help="then print every change until Ctrl-C")
+    _deploy_client_options(status, _cmd_deploy)
+
+
+def _add_wait_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for the outcome (default: 600)",
+    )
+    parser.add_argument("--no-wait", action="store_true", help="publish and exit without waiting")
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    """Run one ``headwater deploy ACTION``; errors become exit statuses."""
+    from headwater.clients.deploy import (  # noqa: PLC0415 - keeps `headwater run` light
+        DeployClient,
+        DeployClientError,
+        DeployTimeoutError,
+        InvalidDeployRequestError,
+    )
+    from headwater.plugins.deploy.model import app_name_problem  # noqa: PLC0415
+
+    if args.app is not None and (problem := app_name_problem(args.app)) is not None:
+        _fail(problem)
+    payload = _compose_payload(args) if args.action == "up" else b""
+    try:
+        with DeployClient.connect(args.url, topic_prefix=args.topic_prefix) as client:
+            if args.action == "status":
+                return _deploy_status(client, args)
+            return _deploy_change(client, args, payload)
+    except InvalidURLError as exc:
+        _fail(f"--url: {exc}")
+    except InvalidDeployRequestError as exc:
+        _fail(str(exc))
+    except DeployTimeoutError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+    except DeployClientError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+
+
+def _compose_payload(args: argparse.Namespace) -> bytes:
+    from headwater.clients.deploy import InvalidDeployRequestError, build_payload  # noqa: PLC0415
+
+    if args.file == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            data = Path(args.file).read_bytes()
+        except OSError as exc:
+            _fail(f"{args.file}: {exc.strerror or exc}", EXIT_FAILURE)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        _fail(f"{args.file}: not UTF-8 text")
+    env: dict[str, str] = {}
+    for item in args.env:
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            _fail(f"--env: expected NAME=VALUE, got {item!r}")
+        env[name] = value
+    try:
+        return build_payload(
+            text, pull=args.pull, force=args.force, env=env, registry_auth=tuple(args.registry_auth)
+        )
+    except InvalidDeployRequestError as exc:
+        _fail(f"{args.file}: {exc}")
+
+
+def _deploy_change(client: DeployClient, args: argparse.Namespace, payload: bytes) -> int:
+    """``up`` and ``down``: publish, then follow the app's statuses to the end."""
+    revision = client.publish(args.app, payload)
+    what = f"revision {revision} ({len(payload)} bytes)" if revision else "removal"
+    if args.no_wait:
+        if args.json:
+            _print_json({"app": args.app, "revision": revision, "published": True})
+        else:
+            print(f"{args.app}: published {what}")
+        return EXIT_OK
+    if not args.json:
+        print(
+            f"{args.app}: published {what}; waiting for Headwater (Ctrl-C stops waiting, not the deployment)"
+        )
+
+    def show(status: DeploymentStatus) -> None:
+        if args.json:
+            _print_json(status.to_json_dict())
+        else:
+            print(_status_line(status), flush=True)
+
+    def still_waiting(seconds: float, last: DeploymentStatus | None) -> None:
+        if not args.json:
+            state = last.state if last is not None else "no status yet"
+            print(f"{args.app}: still waiting after {seconds:.0f}s ({state})", flush=True)
+
+    final = client.wait(
+        args.app, revision=revision, timeout=args.timeout, on_status=show, on_quiet=still_waiting
+    )
+    if not args.json:
+        for line in _status_details(final):
+            print(line, file=sys.stderr if final.state == "failed" else sys.stdout)
+    return EXIT_OK if final.state in {"running", "removed"} else EXIT_FAILURE
+
+
+def _status_line(status: DeploymentStatus) -> str:
+    """``10:15:00.123  web  running  rev 3f2a...  web=running api=running(healthy)``."""
+    moment = status.updated_at[11:23] if len(status.updated_at) >= 23 else status.updated_at  # noqa: PLR2004
+    parts = [moment, status.app, status.state]
+    if status.revision:
+        parts.append(f"rev {status.revision}")
+    if status.services:
+        parts.append(_services_summary(status))
+    if status.error and status.state != "failed":
+        parts.append(f"({status.error})")
+    return "  ".join(parts)
+
+
+def _services_summary(status: DeploymentStatus) -> str:
+    shown = []
+    for service in status.services:
+        text = f"{service.name}={service.state}"
+        if service.health:
+            text += f"({service.health})"
+        shown.append(text)
+    return " ".join(shown) or "-"
+
+
+def _status_details(status: DeploymentStatus) -> list[str]:
+    lines = []
+    if status.error:
+        lines.append(f"{status.app}: {status.state}: {status.error}")
+    if status.output:
+        lines.append("docker compose said:")
+        lines += [f"  {line}" for line in status.output]
+    for service in status.services:
+        if service.ports:
+            lines.append(f"  {service.name}: {', '.join(service.ports)}")
+    return lines
+
+
+def _deploy_status(client: DeployClient, args: argparse.Namespace) -> int:
+    statuses, plugin = client.statuses(args.app)
+    if args.json:
+        if args.app is None and plugin is not None:
+            _print_json({"plugin": plugin})
+        for app in sorted(statuses):
+            _print_json(statuses[app].to_json_dict())
+    else:
+        print("\n".join(_status_table(args.app, statuses, plugin)))
+    if args.watch:
+        with contextlib.suppress(KeyboardInterrupt):
+            for update in client.watch(args.app):
+                if update.status is None:
+                    continue
+                if args.json:
+                    _print_json(update.status.to_json_dict())
+                else:
+                    print(_status_line(update.status), flush=True)
+        return EXIT_OK
+    return EXIT_FAILURE if args.app is not None and args.app not in statuses else EXIT_OK
+
+
+def _status_table(
+    app: str | None, statuses: dict[str, DeploymentStatus], plugin: Mapping[str, object] | None
+) -> list[str]:
+    lines = []
+    if plugin is not None and app is None:
+        detail = plugin.get("error") or (
+            f"Docker {plugin.get('engine_version')} at {plugin.get('docker_host')}, "
+            f"docker compose {plugin.get('compose')}"
+        )
+        lines.append(f"deploy: {plugin.get('state', '?')} ({detail})")
+    if statuses:
+        rows = [
+            (
+                name,
+                status.state,
+                status.revision or "-",
+                _services_summary(status),
+                status.updated_at or "-",
+                (status.error or "")[:80],
+            )
+            for name, status in sorted(statuses.items())
+        ]
+        lines += _table(("APP", "STATE", "REVISION", "SERVICES", "UPDATED", "ERROR"), rows)
+    elif app is not None:
+        lines.append(f"{app}: no status (never deployed here, or you may not read it)")
+    else:
+        lines.append("no apps")
+    return lines
 
 
 # --- parser ----------------------------------------------------------------------------------
@@ -550,22 +879,13 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("-f", "--file", metavar="FILE", help="the payload's bytes ('-': standard input)")
     append.add_argument("--topic", help="the record's topic (default: the API's request topic)")
     _add_stream_options(append)
+    for action, what in (("pause", "pause an export (nothing is sent; persisted)"), ("resume", "resume it")):
+        switch = stream_actions.add_parser(action, help=what)
+        switch.add_argument("name", metavar="NAME")
+        switch.add_argument("export", metavar="EXPORT", help="the export's id")
+        _add_stream_options(switch)
 
-    deploy = commands.add_parser("deploy", help="run docker compose apps through retained messages")
-    deploy_actions = deploy.add_subparsers(dest="action", required=True, metavar="ACTION")
-    up = deploy_actions.add_parser("up", help="deploy or update APP from a compose file")
-    up.add_argument("app", metavar="APP")
-    up.add_argument("-f", "--file", required=True, metavar="COMPOSE_FILE")
-    up.add_argument("--pull", choices=("always", "missing", "never"))
-    up.add_argument("--force", action="store_true", help="recreate containers even if nothing changed")
-    _add_client_options(up)
-    down = deploy_actions.add_parser("down", help="remove APP")
-    down.add_argument("app", metavar="APP")
-    _add_client_options(down)
-    status = deploy_actions.add_parser("status", help="show deployment status")
-    status.add_argument("app", nargs="?", metavar="APP")
-    status.add_argument("--watch", action="store_true", help="keep printing changes")
-    _add_client_options(status)
+    _add_deploy_commands(commands)
     return parser
 
 

@@ -108,6 +108,8 @@ class ListenerConfig:
     port: int  # 0 = an ephemeral port chosen by the OS
     type: Literal["tcp", "ws"] = "tcp"
     tls: TLSConfig | None = None
+    # This listener's own anonymous rule; None: broker.allow_anonymous applies.
+    allow_anonymous: bool | None = None
 
     @property
     def is_loopback(self) -> bool:
@@ -906,7 +908,7 @@ def _listeners(broker: _Section) -> tuple[ListenerConfig, ...]:
         return (ListenerConfig(name="default", host="127.0.0.1", port=1883),)
     listeners: list[ListenerConfig] = []
     for name, value, path in broker.named("listeners", what="listener", pattern=_NAME):
-        section = _Section(value, path, ("bind", "type", "tls"))
+        section = _Section(value, path, ("bind", "type", "tls", "allow_anonymous"))
         host, port = section.require("bind", _bind)
         for other in listeners:
             if port != 0 and port == other.port and _addresses_overlap(host, other.host):
@@ -920,6 +922,7 @@ def _listeners(broker: _Section) -> tuple[ListenerConfig, ...]:
                 port=port,
                 type=section.get("type", _one_of(_LISTENER_TYPES), "tcp"),
                 tls=section.optional("tls", _tls),
+                allow_anonymous=section.optional("allow_anonymous", _bool),
             )
         )
     if not listeners:
@@ -1156,7 +1159,9 @@ _DEPLOY_KEYS: Final = (
     "max_compose_size",
     "registries",
 )
-_DOCKER_HOST: Final = re.compile(r"unix:///[^\0]+|tcp://[A-Za-z0-9.-]+:[0-9]{1,5}|tcp://\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}")
+_DOCKER_HOST: Final = re.compile(
+    r"unix:///[^\0]+|tcp://[A-Za-z0-9.-]+:[0-9]{1,5}|tcp://\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}"
+)
 _REGISTRY_SERVER: Final = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
     r"(?::[0-9]{1,5})?"
@@ -1194,7 +1199,8 @@ def _registry(name: str, value: object, path: str) -> RegistryCredential:
     server = registry.require("server", _str)
     if not _REGISTRY_SERVER.fullmatch(server):
         raise ConfigError(
-            registry.at("server"), f"expected a registry host[:port] such as ghcr.io (no scheme), got {server!r}"
+            registry.at("server"),
+            f"expected a registry host[:port] such as ghcr.io (no scheme), got {server!r}",
         )
     return RegistryCredential(
         name=name,
@@ -1222,7 +1228,9 @@ def _deploy(top: _Section) -> DeployConfig:
         docker_host=deploy.optional("docker_host", _docker_host),
         compose_command=deploy.optional("compose_command", _command),
         max_compose_size=deploy.get(
-            "max_compose_size", _size(_KiB, 16 * _MiB, why_maximum=" (a compose file, not an image)"), 256 * _KiB
+            "max_compose_size",
+            _size(_KiB, 16 * _MiB, why_maximum=" (a compose file, not an image)"),
+            256 * _KiB,
         ),
         registries={
             name: _registry(name, value, path)

@@ -33,5 +33,8 @@ def builtin_plugins(config: HeadwaterConfig) -> list[HeadwaterPlugin]:
     # streams (whose storage it reads) and stops before them.
     plugins: list[HeadwaterPlugin] = [streams, StreamsApi(streams), UploadPlugin(streams)]
     if config.deploy.enabled:
-        logger.warning("deploy is enabled but the deploy plugin is not implemented yet")
+        # Imported here: the docker SDK and boto3 load only when deploy is enabled.
+        from headwater.plugins.deploy.plugin import DeployPlugin  # noqa: PLC0415
+
+        plugins.append(DeployPlugin())
     return plugins

@@ -3,6 +3,8 @@
 - :mod:`~headwater.clients.connection`: where the broker is (``mqtt[s]://`` URLs, ``HEADWATER_URL``).
 - :mod:`~headwater.clients.streams`: :class:`StreamClient`, the stream API (list, describe, read,
   follow, append, create, update, delete) with typed results and exceptions.
+- :mod:`~headwater.clients.deploy`: :class:`DeployClient`, deployments (deploy, update, remove,
+  statuses, following an operation to its end).
 """
 
 from headwater.clients.connection import (
@@ -11,6 +13,15 @@ from headwater.clients.connection import (
     ConnectionSettings,
     InvalidURLError,
     resolve_url,
+)
+from headwater.clients.deploy import (
+    DeployClient,
+    DeployClientError,
+    DeployConnectionError,
+    DeployForbiddenError,
+    DeployTimeoutError,
+    InvalidDeployRequestError,
+    StatusUpdate,
 )
 from headwater.clients.streams import (
     ConnectionFailedError,
@@ -25,6 +36,7 @@ from headwater.clients.streams import (
     StreamNotFoundError,
     StreamRejectedError,
 )
+from headwater.plugins.deploy.model import DeploymentStatus, S3Reference, ServiceStatus
 from headwater.plugins.streams.service import ExportInfo, StorageInfo, StreamDescription, StreamRecord
 
 __all__ = [
@@ -32,12 +44,22 @@ __all__ = [
     "ENV_URL",
     "ConnectionFailedError",
     "ConnectionSettings",
+    "DeployClient",
+    "DeployClientError",
+    "DeployConnectionError",
+    "DeployForbiddenError",
+    "DeployTimeoutError",
+    "DeploymentStatus",
     "ExportInfo",
     "ForbiddenError",
+    "InvalidDeployRequestError",
     "InvalidStreamRequestError",
     "InvalidURLError",
     "MalformedResponseError",
     "RequestTimeoutError",
+    "S3Reference",
+    "ServiceStatus",
+    "StatusUpdate",
     "StorageInfo",
     "StreamApiError",
     "StreamClient",

@@ -1,3 +1,67 @@
-"""Deployments: retained messages on ``<prefix>/deploy/<app>`` drive ``docker compose``."""
+"""Deployments: retained messages on ``<prefix>/deploy/<app>`` drive ``docker compose``.
 
-__all__: list[str] = []
+The plugin is :class:`headwater.plugins.deploy.plugin.DeployPlugin` (not imported here, so that
+clients using the shared :mod:`~headwater.plugins.deploy.model` do not load the docker SDK and
+boto3). Modules:
+
+* :mod:`.model`: app names, the deploy message and its revision, status objects (pure);
+* :mod:`.validate`: YAML, compose model and policy checks (pure);
+* :mod:`.runner`: :class:`~.runner.ComposeRunner`, the only code that runs docker compose;
+* :mod:`.engine`: :class:`~.engine.DockerEngine`, what is read from the Docker API;
+* :mod:`.aws`: :class:`~.aws.DeployAws`, compose files in S3, ECR tokens, Secrets Manager;
+* :mod:`.workspace`: the files under ``<data_dir>/deploy``;
+* :mod:`.plugin`: desired states, one worker per app, reconcile, statuses.
+
+docs/deploy.md is the user's side of the same contract.
+
+Exception tree (:mod:`.errors`)::
+
+    DeployError                     one line, fit for a status topic's ``error``
+    ├── InvalidDeploymentError      refused before anything runs: name, size, envelope, YAML,
+    │                               compose model, policy, unknown registry_auth, missing image
+    ├── SourceFetchError            the compose file could not be fetched from S3
+    ├── CredentialsError            registry credentials could not be obtained
+    ├── DockerUnavailableError      the engine does not answer: ``pending``, retried
+    ├── EngineError                 the engine answered with an error
+    ├── ComposeUnavailableError     no docker compose v2 program
+    └── ComposeFailedError          docker compose exited with an error (``output``: last lines)
+        └── ComposeTimeoutError     ... or ran past ``deploy.timeout`` and was stopped
+"""
+
+from headwater.plugins.deploy.errors import (
+    ComposeFailedError,
+    ComposeTimeoutError,
+    ComposeUnavailableError,
+    CredentialsError,
+    DeployError,
+    DockerUnavailableError,
+    EngineError,
+    InvalidDeploymentError,
+    SourceFetchError,
+)
+from headwater.plugins.deploy.model import (
+    FINAL_STATES,
+    DeploymentStatus,
+    DesiredState,
+    PluginStatus,
+    ServiceStatus,
+    revision_of,
+)
+
+__all__ = [
+    "FINAL_STATES",
+    "ComposeFailedError",
+    "ComposeTimeoutError",
+    "ComposeUnavailableError",
+    "CredentialsError",
+    "DeployError",
+    "DeploymentStatus",
+    "DesiredState",
+    "DockerUnavailableError",
+    "EngineError",
+    "InvalidDeploymentError",
+    "PluginStatus",
+    "ServiceStatus",
+    "SourceFetchError",
+    "revision_of",
+]

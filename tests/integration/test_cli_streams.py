@@ -152,7 +152,7 @@ def test_follow_prints_new_records_until_ctrl_c(hub: InProcessBroker) -> None:
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=_env(),
+        env=_env(PYTHONFAULTHANDLER="1"),  # SIGABRT dumps every thread's stack (diagnosis)
     )
     try:
         assert follow.stdout is not None
@@ -160,7 +160,15 @@ def test_follow_prints_new_records_until_ctrl_c(hub: InProcessBroker) -> None:
         mosquitto_pub(hub.port, "sensors/d2/telemetry", "new", qos=1)
         assert json.loads(follow.stdout.readline())["payload"] == "new"
         follow.send_signal(signal.SIGINT)
-        assert follow.wait(15) == 0
+        try:
+            follow.wait(15)
+        except subprocess.TimeoutExpired:
+            follow.send_signal(signal.SIGABRT)
+            follow.wait(10)
+            assert follow.stderr is not None
+            stacks = follow.stderr.read().decode(errors="replace")
+            pytest.fail(f"--follow did not exit after SIGINT:\n{stacks}")
+        assert follow.returncode == 0
         assert follow.stderr is not None
         assert follow.stderr.read() == b""
     finally:

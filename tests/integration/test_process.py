@@ -123,12 +123,11 @@ def test_passwd_command_then_login(tmp_path: Path, headwater_process: type[Headw
     )
 
 
-def test_client_commands_say_not_implemented(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HEADWATER_URL", "mqtt://op:pw@127.0.0.1:1999")
+def test_client_commands_take_the_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEADWATER_URL", "mqtt://op:pw@127.0.0.1:1999")  # nothing listens there
     result = _run("deploy", "status")
-    assert result.returncode == 3
-    assert "not implemented yet" in result.stderr
-    assert "mqtt://op@127.0.0.1:1999" in result.stderr  # from $HEADWATER_URL, password not shown
+    assert result.returncode == 1
+    assert "cannot connect to mqtt://op@127.0.0.1:1999" in result.stderr  # password not shown
     assert "pw" not in result.stderr.replace("op@", "")
     bad = _run("deploy", "status", "--url", "http://x")
     assert bad.returncode == 2
