@@ -1,8 +1,8 @@
 """The ``headwater`` command line.
 
-Exit status: 0 success; 1 a runtime failure (broker could not start, storage error);
-2 bad usage or bad config (one line naming the key, no traceback); 3 a command that is not
-implemented yet; 130/143 when a second SIGINT/SIGTERM forces an immediate exit.
+Exit status: 0 success; 1 a runtime failure (broker could not start, storage error, a
+deployment failed); 2 bad usage or bad config (one line naming the key, no traceback);
+130/143 when a second SIGINT/SIGTERM forces an immediate exit.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final, NoReturn
 from headwater.broker.config import ConfigError, load_config
 from headwater.broker.logs import setup_logging
 from headwater.broker.passwords import PasswordFileError, delete_user, set_password
-from headwater.clients.connection import DEFAULT_URL, ENV_URL, InvalidURLError, resolve_url
+from headwater.clients.connection import DEFAULT_URL, ENV_URL, InvalidURLError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -45,7 +45,6 @@ logger = logging.getLogger("headwater")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-EXIT_NOT_IMPLEMENTED = 3
 
 
 def _fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
@@ -173,15 +172,6 @@ def _cmd_passwd(args: argparse.Namespace) -> int:
 
 
 # --- client commands ---------------------------------------------------------------------------
-
-
-def _cmd_not_implemented(args: argparse.Namespace) -> int:
-    try:
-        settings = resolve_url(args.url)
-    except InvalidURLError as exc:
-        _fail(f"--url: {exc}")
-    command = f"{args.command} {args.action}"
-    _fail(f"{command}: not implemented yet (would talk to {settings.display_url})", EXIT_NOT_IMPLEMENTED)
 
 
 # --- streams ---------------------------------------------------------------------------------
@@ -749,7 +739,7 @@ def _status_table(
 
 
 def _add_client_options(
-    parser: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int] = _cmd_not_implemented
+    parser: argparse.ArgumentParser, handler: Callable[[argparse.Namespace], int]
 ) -> None:
     parser.add_argument(
         "--url",
