@@ -26,7 +26,18 @@ from headwater.plugins.upload._errors import AWS_ERRORS, export_error
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["CONNECT_TIMEOUT", "READ_TIMEOUT", "AwsClient", "client_config", "new_session"]
+    from headwater.plugins.streams.service import StreamRecord
+    from headwater.plugins.upload.sink import BatchLimits
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "READ_TIMEOUT",
+    "AwsClient",
+    "BuilderSink",
+    "RecordRules",
+    "client_config",
+    "new_session",
+]
 
 CONNECT_TIMEOUT: Final = 5.0  # seconds
 READ_TIMEOUT: Final = 30.0  # seconds
@@ -101,3 +112,44 @@ class AwsClient(Generic[ClientT]):
             client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+class RecordRules(Protocol):
+    """What a type's request builder says about single records (pure)."""
+
+    def record_size(self, record: StreamRecord) -> int:
+        """Bytes the record adds to a request."""
+        ...
+
+    def problem(self, record: StreamRecord) -> str | None:
+        """Why AWS will never accept the record, or ``None``."""
+        ...
+
+
+class BuilderSink(Generic[ClientT]):
+    """The part every export sink shares: its limits, the builder's record rules, one client.
+
+    A type's sink subclasses it and adds ``send`` (its request builder + its calls).
+    """
+
+    def __init__(self, *, rules: RecordRules, limits: BatchLimits, client: AwsClient[ClientT]) -> None:
+        self._rules = rules
+        self._limits = limits
+        self._client = client
+
+    @property
+    def limits(self) -> BatchLimits:
+        """How the driver batches records for this export (see ``BatchLimits``)."""
+        return self._limits
+
+    def record_size(self, record: StreamRecord) -> int:
+        """Bytes ``record`` adds to a request (what AWS counts toward its limits)."""
+        return self._rules.record_size(record)
+
+    def problem(self, record: StreamRecord) -> str | None:
+        """Why AWS will never accept ``record`` (the builder's rule), or ``None``."""
+        return self._rules.problem(record)
+
+    async def aclose(self) -> None:
+        """Close the boto3 client (idempotent)."""
+        await self._client.aclose()

@@ -26,7 +26,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from headwater.plugins.upload._batching import KiB, MiB, send_in_order, split_within
-from headwater.plugins.upload._client import AwsClient, client_config, new_session
+from headwater.plugins.upload._client import AwsClient, BuilderSink, client_config, new_session
 from headwater.plugins.upload._errors import error_text
 from headwater.plugins.upload._options import str_option
 from headwater.plugins.upload.sink import AwsSession, BatchLimits, ExportRetryableError, SendOutcome
@@ -143,30 +143,20 @@ def _put_record_batch(client: FirehoseClient, request: PutRecordBatchRequest) ->
     return client.put_record_batch(**request.api_kwargs())
 
 
-class FirehoseSink:
+class FirehoseSink(BuilderSink["FirehoseClient"]):
     """The ``firehose`` export type: :class:`ExportSink` over PutRecordBatch."""
 
     def __init__(self, export: ExportConfig, *, aws: AwsSession) -> None:
         self.builder = FirehoseRequestBuilder.from_config(export)
-        self._limits = BatchLimits(
-            max_records=min(export.batch_size, MAX_RECORDS_PER_CALL),
-            max_bytes=MAX_REQUEST_BYTES,
-            max_wait=export.batch_interval,
+        super().__init__(
+            rules=self.builder,
+            limits=BatchLimits(
+                max_records=min(export.batch_size, MAX_RECORDS_PER_CALL),
+                max_bytes=MAX_REQUEST_BYTES,
+                max_wait=export.batch_interval,
+            ),
+            client=AwsClient(partial(_create_client, aws)),
         )
-        self._client: AwsClient[FirehoseClient] = AwsClient(partial(_create_client, aws))
-
-    @property
-    def limits(self) -> BatchLimits:
-        """``batch_size`` (≤ 500) records, 4 MiB, ``batch_interval``."""
-        return self._limits
-
-    def record_size(self, record: StreamRecord) -> int:
-        """Payload + delimiter bytes."""
-        return self.builder.record_size(record)
-
-    def problem(self, record: StreamRecord) -> str | None:
-        """A record above 1000 KiB (payload + delimiter) is never accepted."""
-        return self.builder.problem(record)
 
     async def send(self, records: Sequence[StreamRecord]) -> SendOutcome:
         """PutRecordBatch for ``records``; per-record errors come back as ``failed``."""
@@ -175,7 +165,3 @@ class FirehoseSink:
     async def _send_request(self, request: PutRecordBatchRequest) -> dict[int, str]:
         response = await self._client.call(partial(_put_record_batch, request=request))
         return request.failures(response)
-
-    async def aclose(self) -> None:
-        """Close the boto3 client (idempotent)."""
-        await self._client.aclose()

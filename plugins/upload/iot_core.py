@@ -38,7 +38,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from headwater.plugins.upload._batching import KiB, not_sent
-from headwater.plugins.upload._client import AwsClient, client_config, new_session
+from headwater.plugins.upload._client import AwsClient, BuilderSink, client_config, new_session
 from headwater.plugins.upload._errors import aws_error_code
 from headwater.plugins.upload._options import int_option, str_option
 from headwater.plugins.upload.sink import AwsSession, BatchLimits, ExportError, SendOutcome
@@ -136,30 +136,20 @@ def _publish(client: IoTDataPlaneClient, *, topic: str, qos: int, payload: bytes
     client.publish(topic=topic, qos=qos, payload=payload)
 
 
-class IotCoreSink:
+class IotCoreSink(BuilderSink["IoTDataPlaneClient"]):
     """The ``iot_core`` export type: :class:`ExportSink` publishing one record per call, in order."""
 
     def __init__(self, export: ExportConfig, *, stream: str, aws: AwsSession) -> None:
         self.builder = IotPublishBuilder.from_config(export, stream=stream)
-        self._limits = BatchLimits(
-            max_records=export.batch_size,
-            max_bytes=export.batch_size * (MAX_PAYLOAD_BYTES + MAX_TOPIC_BYTES),
-            max_wait=export.batch_interval,
+        super().__init__(
+            rules=self.builder,
+            limits=BatchLimits(
+                max_records=export.batch_size,
+                max_bytes=export.batch_size * (MAX_PAYLOAD_BYTES + MAX_TOPIC_BYTES),
+                max_wait=export.batch_interval,
+            ),
+            client=AwsClient(partial(_create_client, aws)),
         )
-        self._client: AwsClient[IoTDataPlaneClient] = AwsClient(partial(_create_client, aws))
-
-    @property
-    def limits(self) -> BatchLimits:
-        """``batch_size`` records, ``batch_interval``; bytes never limit before the count."""
-        return self._limits
-
-    def record_size(self, record: StreamRecord) -> int:
-        """Payload + topic bytes."""
-        return self.builder.record_size(record)
-
-    def problem(self, record: StreamRecord) -> str | None:
-        """A payload above 128 KiB, or a topic IoT Core refuses."""
-        return self.builder.problem(record)
 
     async def send(self, records: Sequence[StreamRecord]) -> SendOutcome:
         """Publish ``records`` one after the other (see the module docstring on failures)."""
@@ -183,7 +173,3 @@ class IotCoreSink:
                 failed.update(not_sent((r.sequence for r in records[index + 1 :]), str(exc)))
                 return SendOutcome(failed=failed, rejected=rejected)
         return SendOutcome(rejected=rejected)
-
-    async def aclose(self) -> None:
-        """Close the boto3 client (idempotent)."""
-        await self._client.aclose()

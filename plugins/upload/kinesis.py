@@ -34,7 +34,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Final
 
 from headwater.plugins.upload._batching import MiB, send_in_order, split_within
-from headwater.plugins.upload._client import AwsClient, client_config, new_session
+from headwater.plugins.upload._client import AwsClient, BuilderSink, client_config, new_session
 from headwater.plugins.upload._errors import error_text
 from headwater.plugins.upload._options import str_option
 from headwater.plugins.upload.sink import (
@@ -185,30 +185,20 @@ def _put_records(client: KinesisClient, request: PutRecordsRequest) -> PutRecord
     return client.put_records(**request.api_kwargs())
 
 
-class KinesisSink:
+class KinesisSink(BuilderSink["KinesisClient"]):
     """The ``kinesis`` export type: :class:`ExportSink` over PutRecords."""
 
     def __init__(self, export: ExportConfig, *, stream: str, aws: AwsSession) -> None:
         self.builder = KinesisRequestBuilder.from_config(export, stream=stream)
-        self._limits = BatchLimits(
-            max_records=min(export.batch_size, MAX_RECORDS_PER_CALL),
-            max_bytes=MAX_REQUEST_BYTES,
-            max_wait=export.batch_interval,
+        super().__init__(
+            rules=self.builder,
+            limits=BatchLimits(
+                max_records=min(export.batch_size, MAX_RECORDS_PER_CALL),
+                max_bytes=MAX_REQUEST_BYTES,
+                max_wait=export.batch_interval,
+            ),
+            client=AwsClient(partial(_create_client, aws)),
         )
-        self._client: AwsClient[KinesisClient] = AwsClient(partial(_create_client, aws))
-
-    @property
-    def limits(self) -> BatchLimits:
-        """``batch_size`` (≤ 500) records, 5 MiB, ``batch_interval``."""
-        return self._limits
-
-    def record_size(self, record: StreamRecord) -> int:
-        """Data + partition key bytes (what AWS counts toward 1 MiB / 5 MiB)."""
-        return self.builder.record_size(record)
-
-    def problem(self, record: StreamRecord) -> str | None:
-        """A record above 1 MiB (data + partition key) is never accepted."""
-        return self.builder.problem(record)
 
     async def send(self, records: Sequence[StreamRecord]) -> SendOutcome:
         """PutRecords for ``records``; per-record errors come back as ``failed``."""
@@ -217,7 +207,3 @@ class KinesisSink:
     async def _send_request(self, request: PutRecordsRequest) -> dict[int, str]:
         response = await self._client.call(partial(_put_records, request=request))
         return request.failures(response)
-
-    async def aclose(self) -> None:
-        """Close the boto3 client (idempotent)."""
-        await self._client.aclose()

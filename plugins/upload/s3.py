@@ -41,7 +41,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Final, Literal
 
 from headwater.plugins.upload._batching import MiB
-from headwater.plugins.upload._client import AwsClient, client_config, new_session
+from headwater.plugins.upload._client import AwsClient, BuilderSink, client_config, new_session
 from headwater.plugins.upload._errors import AWS_ERRORS
 from headwater.plugins.upload._options import float_option, int_option, str_option
 from headwater.plugins.upload.sink import AwsSession, BatchLimits, SendOutcome
@@ -239,30 +239,20 @@ def _abort(client: S3Client, obj: S3Object, upload_id: str) -> None:
         )
 
 
-class S3Sink:
+class S3Sink(BuilderSink["S3Client"]):
     """The ``s3`` export type: :class:`ExportSink` writing one object per batch."""
 
     def __init__(self, export: ExportConfig, *, stream: str, aws: AwsSession) -> None:
         self.builder = S3ObjectBuilder.from_config(export, stream=stream)
-        self._limits = BatchLimits(
-            max_records=MAX_RECORDS_PER_OBJECT,
-            max_bytes=self.builder.max_object_size,
-            max_wait=float_option(export, "max_object_age"),
+        super().__init__(
+            rules=self.builder,
+            limits=BatchLimits(
+                max_records=MAX_RECORDS_PER_OBJECT,
+                max_bytes=self.builder.max_object_size,
+                max_wait=float_option(export, "max_object_age"),
+            ),
+            client=AwsClient(partial(_create_client, aws)),
         )
-        self._client: AwsClient[S3Client] = AwsClient(partial(_create_client, aws))
-
-    @property
-    def limits(self) -> BatchLimits:
-        """100,000 records, ``max_object_size`` (uncompressed), ``max_object_age``."""
-        return self._limits
-
-    def record_size(self, record: StreamRecord) -> int:
-        """Bytes of the record's JSON line, uncompressed."""
-        return self.builder.record_size(record)
-
-    def problem(self, record: StreamRecord) -> str | None:
-        """A record whose JSON line alone exceeds ``max_object_size``."""
-        return self.builder.problem(record)
 
     async def send(self, records: Sequence[StreamRecord]) -> SendOutcome:
         """Upload ``records`` as one object; all or nothing."""
@@ -272,7 +262,3 @@ class S3Sink:
         obj = await asyncio.to_thread(self.builder.build, records)
         await self._client.call(partial(_upload, obj=obj))
         return SendOutcome()
-
-    async def aclose(self) -> None:
-        """Close the boto3 client (idempotent)."""
-        await self._client.aclose()
