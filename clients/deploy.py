@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Final, Self, overload
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from headwater.clients._paho import open_connection
 from headwater.clients.connection import ConnectionSettings, resolve_url
 from headwater.plugins.deploy.model import (
     FINAL_STATES,
@@ -228,23 +229,15 @@ class DeployClient:
         return client
 
     def _open(self, ssl_context: ssl.SSLContext | None) -> None:
-        settings = self.settings
-        if settings.username is not None:
-            self._mqtt.username_pw_set(settings.username, settings.password)
-        if settings.tls:
-            self._mqtt.tls_set_context(ssl_context or ssl.create_default_context())
-        self._mqtt.connect_timeout = self.timeout
-        try:
-            self._mqtt.connect(settings.host, settings.port, keepalive=30)
-        except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            msg = f"cannot connect to {settings.display_url}: {reason}"
-            raise DeployConnectionError(msg) from exc
-        self._mqtt.loop_start()
-        if not self._connected.wait(self.timeout) or self._connect_failure is not None:
-            reason = self._connect_failure or f"no CONNACK within {self.timeout:g}s"
-            msg = f"cannot connect to {settings.display_url}: {reason}"
-            raise DeployConnectionError(msg)
+        open_connection(
+            self._mqtt,
+            self.settings,
+            timeout=self.timeout,
+            ssl_context=ssl_context,
+            connected=self._connected,
+            connect_failure=lambda: self._connect_failure,
+            error=DeployConnectionError,
+        )
 
     def close(self) -> None:
         """Disconnect and stop the network thread (idempotent)."""

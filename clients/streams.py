@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Final, Self
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from headwater.clients._paho import open_connection
 from headwater.clients.connection import ConnectionSettings, resolve_url
 from headwater.plugins.streams.service import ExportInfo, StorageInfo, StreamDescription, StreamRecord
 
@@ -355,22 +356,15 @@ class StreamClient:
 
     def _open(self, ssl_context: ssl.SSLContext | None) -> None:
         settings = self.settings
-        if settings.username is not None:
-            self._mqtt.username_pw_set(settings.username, settings.password)
-        if settings.tls:
-            self._mqtt.tls_set_context(ssl_context or ssl.create_default_context())
-        self._mqtt.connect_timeout = self.timeout
-        try:
-            self._mqtt.connect(settings.host, settings.port, keepalive=30)
-        except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            msg = f"cannot connect to {settings.display_url}: {reason}"
-            raise ConnectionFailedError(msg) from exc
-        self._mqtt.loop_start()
-        if not self._connected.wait(self.timeout) or self._connect_failure is not None:
-            reason = self._connect_failure or f"no CONNACK within {self.timeout:g}s"
-            msg = f"cannot connect to {settings.display_url}: {reason}"
-            raise ConnectionFailedError(msg)
+        open_connection(
+            self._mqtt,
+            settings,
+            timeout=self.timeout,
+            ssl_context=ssl_context,
+            connected=self._connected,
+            connect_failure=lambda: self._connect_failure,
+            error=ConnectionFailedError,
+        )
         if not self._subscribed.wait(self.timeout):
             msg = f"cannot subscribe to {self.reply_topic} on {settings.display_url}: no SUBACK"
             raise ConnectionFailedError(msg)

@@ -1,0 +1,55 @@
+"""The one way Headwater's clients open a paho connection and wait for the broker's answer.
+
+Owns the connect sequence shared by :class:`~headwater.clients.streams.StreamClient` and
+:class:`~headwater.clients.deploy.DeployClient`: credentials and TLS from the URL, the TCP
+connect (with its errors in words), paho's network thread, and the wait for the CONNACK that the
+client's own ``on_connect`` callback reports. It must never put a password in a message.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
+
+    import paho.mqtt.client as mqtt
+
+    from headwater.clients.connection import ConnectionSettings
+
+__all__ = ["open_connection"]
+
+
+def open_connection(
+    client: mqtt.Client,
+    settings: ConnectionSettings,
+    *,
+    timeout: float,
+    ssl_context: ssl.SSLContext | None,
+    connected: threading.Event,
+    connect_failure: Callable[[], str | None],
+    error: type[Exception],
+) -> None:
+    """Connect ``client`` to ``settings`` and return once the broker accepted it.
+
+    ``connected`` is set by the caller's ``on_connect`` (also on a refusal, after which
+    ``connect_failure()`` says why). Raises ``error`` with ``cannot connect to <url>: <reason>``.
+    """
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls:
+        client.tls_set_context(ssl_context or ssl.create_default_context())
+    client.connect_timeout = timeout
+    try:
+        client.connect(settings.host, settings.port, keepalive=30)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        msg = f"cannot connect to {settings.display_url}: {reason}"
+        raise error(msg) from exc
+    client.loop_start()
+    if not connected.wait(timeout) or connect_failure() is not None:
+        reason = connect_failure() or f"no CONNACK within {timeout:g}s"
+        msg = f"cannot connect to {settings.display_url}: {reason}"
+        raise error(msg)
