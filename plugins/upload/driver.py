@@ -199,6 +199,7 @@ class ExportDriver:
         self._last_error: str | None = None
         self._cursor = 0
         self._failures = 0
+        self._sizes: dict[int, int] = {}  # sequence -> record_size, of the batch being delivered
         self.requests = 0  # send() calls, for statistics and tests
         self.dead_letter_dropped = 0
 
@@ -303,8 +304,11 @@ class ExportDriver:
                 if batch and size + record_size > limits.max_bytes:
                     return batch
                 batch.append(record)
+                self._sizes[record.sequence] = record_size
                 size += record_size
                 next_read = record.sequence + 1
+            # Reading and sizing a large batch (an S3 object) is CPU work: let the broker breathe.
+            await asyncio.sleep(0)
             if len(batch) >= limits.max_records:
                 return batch
             if len(chunk) == min(room, _READ_CHUNK):
@@ -332,7 +336,9 @@ class ExportDriver:
     async def _deliver(self, records: list[StreamRecord]) -> None:
         """Send ``records`` until each is accepted or dead-lettered; checkpoint as they settle."""
         batch = _Batch(records=records, to_send=[], settled=set(), rejected={})
-        for record in records:
+        for index, record in enumerate(records):
+            if index and not index % _READ_CHUNK:
+                await asyncio.sleep(0)
             problem = self._sink.problem(record)
             if problem is None:
                 batch.to_send.append(record)
@@ -348,12 +354,13 @@ class ExportDriver:
                 continue
             if not batch.to_send:
                 self._cursor = records[-1].sequence + 1
+                self._sizes.clear()
                 return
             await self._wait_enabled()
             await self._send(batch)
 
     async def _send(self, batch: _Batch) -> None:
-        size = sum(self._sink.record_size(record) for record in batch.to_send)
+        size = sum(self._sizes.get(r.sequence) or self._sink.record_size(r) for r in batch.to_send)
         self._set_state("queued")
         await self._scheduler.acquire(self.key, priority=self.export.priority, size=size)
         self._set_state("sending")

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from headwater.clients import StreamClient
 from headwater.plugins.streams.api import StreamsApi
 from headwater.plugins.streams.plugin import StreamsPlugin
 from headwater.plugins.streams.service import StreamDescription
@@ -105,6 +106,12 @@ def test_an_outage_with_kill_9_in_between_loses_nothing(
     total = 5000
     lines = [f"record-{n:05d}" for n in range(total)]
     mosquitto_pub(hub.port, "telemetry/d1", lines=lines[:3000], qos=1)
+
+    def state() -> str:
+        with StreamClient.connect(f"mqtt://127.0.0.1:{hub.port}", timeout=10) as client:
+            return client.describe("telemetry").exports[0].state
+
+    _wait(lambda: state() == "offline", "the export to notice the outage")
     hub.restart()  # kill -9 while AWS is unreachable: nothing was delivered yet
     assert target.delivered() == []
     aws_fault_proxy.pass_through()
