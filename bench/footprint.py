@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from _common import exit_on_sigterm, load_average, log_tail, stop_process
+
 from headwater.plugins.streams.retention import RetentionLimits
 from headwater.plugins.streams.store import Database, NewRecord
 
@@ -162,24 +164,6 @@ def _accepts_connections(port: int) -> bool:
         return False
 
 
-def _log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(empty log)"
-    except OSError:
-        return "(no log)"
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def start_once(headwater: Path, config: Path, data_dir: Path, workdir: Path, idle_s: float) -> Sample:
     """Start Headwater once over ``data_dir``, measure, stop it."""
     log_path = workdir / "headwater.log"
@@ -196,9 +180,9 @@ def start_once(headwater: Path, config: Path, data_dir: Path, workdir: Path, idl
         while port is None or not _accepts_connections(port):
             if process.poll() is not None:
                 status = process.returncode
-                raise FootprintError(f"headwater exited with status {status}:\n{_log_tail(log_path)}")
+                raise FootprintError(f"headwater exited with status {status}:\n{log_tail(log_path)}")
             if time.perf_counter() > deadline:
-                raise FootprintError(f"not listening after {START_TIMEOUT_S:.0f} s:\n{_log_tail(log_path)}")
+                raise FootprintError(f"not listening after {START_TIMEOUT_S:.0f} s:\n{log_tail(log_path)}")
             if port is None and (match := READY.search(log_path.read_bytes())):
                 log_line_s = time.perf_counter() - started
                 port = int(match.group(1))
@@ -208,11 +192,11 @@ def start_once(headwater: Path, config: Path, data_dir: Path, workdir: Path, idl
         rss_ready = _status_kib(process.pid, "VmRSS")
         time.sleep(idle_s)
         if process.poll() is not None:
-            raise FootprintError(f"headwater died while idle:\n{_log_tail(log_path)}")
+            raise FootprintError(f"headwater died while idle:\n{log_tail(log_path)}")
         rss_idle = _status_kib(process.pid, "VmRSS")
         hwm = _status_kib(process.pid, "VmHWM")
     finally:
-        _stop(process)
+        stop_process(process, STOP_GRACE_S)
     return Sample(log_line_s, ready_s, rss_ready, rss_idle, hwm)
 
 
@@ -285,10 +269,6 @@ def format_table(results: Sequence[Result], idle_s: float) -> str:
     return "\n".join([render(lines[0]), rule, *(render(line) for line in lines[1:])])
 
 
-def _load_average() -> str:
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     parser = argparse.ArgumentParser(
@@ -307,10 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print the table; 1 on failure."""
     parser = build_parser()
@@ -321,13 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--backlogs: comma-separated record counts")
     if any(value < 0 for value in backlogs) or args.payload_size < 1 or args.batch < 1 or args.repeat < 1:
         parser.error("--backlogs must be >= 0; --payload-size, --batch and --repeat >= 1")
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # unwind: the finally blocks stop Headwater
+    signal.signal(signal.SIGTERM, exit_on_sigterm)  # unwind: the finally blocks stop Headwater
     print(f"command:   {shlex.join([sys.executable, *sys.argv])}")
     print(
         f"machine:   {platform.system()} {platform.release()} {platform.machine()}, "
         f"nproc {len(os.sched_getaffinity(0))}, Python {platform.python_version()}"
     )
-    print(f"load avg:  {_load_average()} (before)", flush=True)
+    print(f"load avg:  {load_average()} (before)", flush=True)
     try:
         results = measure(
             backlogs, payload_size=args.payload_size, batch=args.batch, repeat=args.repeat, idle_s=args.idle
@@ -335,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FootprintError as exc:
         print(f"footprint: {exc}", file=sys.stderr)
         return 1
-    print(f"load avg:  {_load_average()} (after)")
+    print(f"load avg:  {load_average()} (after)")
     print()
     print(format_table(results, args.idle))
     return 0

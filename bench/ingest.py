@@ -1,3 +1,4 @@
+
 """Ingest throughput: QoS 1 publishes from ``mosquitto_pub -l``, Headwater vs amqtt vs mosquitto.
 
 Measures how many messages per second one publisher gets acknowledged by
@@ -58,6 +59,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import paho.mqtt.client as mqtt
+from _common import (
+    cpu_model,
+    exit_on_sigterm,
+    load_average,
+    log_tail,
+    package_version,
+    source_revision,
+    stop_process,
+)
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -210,14 +220,6 @@ def _accepts_connections(port: int) -> bool:
         return False
 
 
-def _log_tail(log_path: Path, lines: int = 20) -> str:
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
 def _headwater_config(target: Target) -> str:
     """Headwater's config for ``target``: the broker alone, or with the benchmark's file stream."""
     if target.stream is None:
@@ -272,24 +274,13 @@ def _wait_until_ready(process: subprocess.Popen[bytes], port: int | None, log_pa
     deadline = time.monotonic() + BROKER_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise BenchmarkError(f"broker exited with status {process.returncode}:\n{_log_tail(log_path)}")
+            raise BenchmarkError(f"broker exited with status {process.returncode}:\n{log_tail(log_path)}")
         if port is None and (match := HEADWATER_READY.search(log_path.read_bytes())):
             port = int(match.group(1))
         if port is not None and _accepts_connections(port):
             return port
         time.sleep(0.05)
-    raise BenchmarkError(f"broker not ready after {BROKER_START_TIMEOUT_S:.0f} s:\n{_log_tail(log_path)}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=BROKER_STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    raise BenchmarkError(f"broker not ready after {BROKER_START_TIMEOUT_S:.0f} s:\n{log_tail(log_path)}")
 
 
 @contextlib.contextmanager
@@ -307,10 +298,10 @@ def running_broker(target: Target, tools: Tools, workdir: Path) -> Iterator[int]
         if process.poll() is not None:
             raise BenchmarkError(
                 f"{target.name} died during the measurement (status {process.returncode}):\n"
-                f"{_log_tail(log_path)}"
+                f"{log_tail(log_path)}"
             )
     finally:
-        _stop(process)
+        stop_process(process, BROKER_STOP_GRACE_S)
 
 
 # --- the publisher ------------------------------------------------------------------------------
@@ -497,62 +488,18 @@ def _version_of(executable: Path | None, *args: str) -> str:
     return match.group(1).decode().rstrip(".") if match else "?"
 
 
-def _package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "-"
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"
-
-
-def _load_average() -> str:
-    try:
-        return " ".join(f"{value:.2f}" for value in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-def _source_revision() -> str:
-    """The commit of the checkout this script lives in, the code `headwater` runs from source."""
-    git = shutil.which("git")
-    if git is None:
-        return "?"
-    here = str(Path(__file__).resolve().parent)
-    try:
-        head = subprocess.run(  # noqa: S603 - absolute executable, fixed arguments
-            [git, "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, timeout=10, check=True
-        )
-        status = subprocess.run(  # noqa: S603 - absolute executable, fixed arguments
-            [git, "-C", here, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    dirty = " + uncommitted changes" if status.stdout.strip() else ""
-    return head.stdout.decode().strip() + dirty
-
-
 def machine_lines(tools: Tools) -> list[str]:
     """What the numbers were measured on: hardware and software versions."""
     machine = (
         f"machine:   {platform.system()} {platform.release()} {platform.machine()}, "
-        f"nproc {len(os.sched_getaffinity(0))}, {_cpu_model()}"
+        f"nproc {len(os.sched_getaffinity(0))}, {cpu_model()}"
     )
     software = (
-        f"software:  Python {platform.python_version()}, amqtt {_package_version('amqtt')}, "
-        f"uvloop {_package_version('uvloop')}, mosquitto {_version_of(tools.mosquitto, '-h')}, "
+        f"software:  Python {platform.python_version()}, amqtt {package_version('amqtt')}, "
+        f"uvloop {package_version('uvloop')}, mosquitto {_version_of(tools.mosquitto, '-h')}, "
         f"mosquitto_pub {_version_of(tools.mosquitto_pub, '--help')}"
     )
-    source = f"headwater: {tools.headwater or '-'} (checkout at {_source_revision()})"
+    source = f"headwater: {tools.headwater or '-'} (checkout at {source_revision()})"
     return [machine, software, source]
 
 
@@ -681,10 +628,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table; 1 when a broker or the publisher failed."""
     parser = build_parser()
@@ -708,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         verify=not args.no_verify,
     )
     # SIGTERM unwinds like Ctrl-C, so the `finally` blocks stop every broker started so far.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         targets = select_targets(args.only)
         tools = find_tools(targets)
@@ -722,12 +665,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for line in machine_lines(tools):
             print(line)
-        print(f"load avg:  {_load_average()} (before)", flush=True)
+        print(f"load avg:  {load_average()} (before)", flush=True)
         rows = run_benchmark(targets, tools, settings)
     except BenchmarkError as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 1
-    print(f"load avg:  {_load_average()} (after)")
+    print(f"load avg:  {load_average()} (after)")
     print()
     print(format_table(rows))
     return 0

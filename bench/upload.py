@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
-import importlib.metadata
 import json
 import logging
 import os
@@ -96,6 +95,15 @@ for _name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_CA_
     os.environ.pop(_name, None)
 
 import boto3  # noqa: E402 - after the fake environment, on purpose
+from _common import (  # noqa: E402 - after the fake environment, on purpose
+    cpu_model,
+    exit_on_sigterm,
+    load_average,
+    log_tail,
+    package_version,
+    source_revision,
+    stop_process,
+)
 from botocore.config import Config  # noqa: E402
 from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
 
@@ -400,24 +408,6 @@ class Moto:
         )
 
 
-def _log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) or "(empty log)"
-    except OSError:
-        return "(no log)"
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def _read_line(stream: IO[bytes], timeout: float) -> bytes:
     with selectors.DefaultSelector() as selector:
         selector.register(stream, selectors.EVENT_READ)
@@ -442,7 +432,7 @@ def running_moto(workdir: Path, *, as_is: bool) -> Iterator[Moto]:
     try:
         match = MOTO_READY.search(_read_line(process.stdout, START_TIMEOUT_S))
         if match is None:
-            raise BenchmarkError(f"moto did not start within {START_TIMEOUT_S:.0f} s:\n{_log_tail(log_path)}")
+            raise BenchmarkError(f"moto did not start within {START_TIMEOUT_S:.0f} s:\n{log_tail(log_path)}")
         yield Moto(url=match.group(1).decode(), pid=process.pid)
     finally:
         with contextlib.suppress(OSError):
@@ -450,7 +440,7 @@ def running_moto(workdir: Path, *, as_is: bool) -> Iterator[Moto]:
         try:
             process.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
-            _stop(process)
+            stop_process(process, STOP_GRACE_S)
 
 
 # --- the AWS side: create, read back -------------------------------------------------------------
@@ -589,10 +579,10 @@ def _wait_listening(process: subprocess.Popen[bytes], log_path: Path, started: f
     deadline = started + START_TIMEOUT_S
     while True:
         if process.poll() is not None:
-            raise BenchmarkError(f"headwater exited with status {process.returncode}:\n{_log_tail(log_path)}")
+            raise BenchmarkError(f"headwater exited with status {process.returncode}:\n{log_tail(log_path)}")
         if time.perf_counter() > deadline:
             raise BenchmarkError(
-                f"headwater not listening after {START_TIMEOUT_S:.0f} s:\n{_log_tail(log_path)}"
+                f"headwater not listening after {START_TIMEOUT_S:.0f} s:\n{log_tail(log_path)}"
             )
         if match := READY.search(log_path.read_bytes()):
             # No TCP probe: amqtt logs an error for a connection without CONNECT; the stream
@@ -607,13 +597,13 @@ def _wait_exported(
     """Poll the export until its checkpoint is ``last``; the time it was seen there."""
     while True:
         if process.poll() is not None:
-            raise BenchmarkError(f"headwater exited with status {process.returncode}:\n{_log_tail(log_path)}")
+            raise BenchmarkError(f"headwater exited with status {process.returncode}:\n{log_tail(log_path)}")
         [export] = client.describe(STREAM).exports
         now = time.perf_counter()
         if export.last_error is not None:
             raise BenchmarkError(
                 f"the export failed a request ({export.state}: {export.last_error}); a retry's backoff "
-                f"would be measured, not throughput:\n{_log_tail(log_path)}"
+                f"would be measured, not throughput:\n{log_tail(log_path)}"
             )
         if export.last_exported_sequence == last:
             if export.exported_records != last + 1:
@@ -624,7 +614,7 @@ def _wait_exported(
         if now > deadline:
             raise BenchmarkError(
                 f"the export reached {export.last_exported_sequence} of {last} before the timeout "
-                f"({export.state}):\n{_log_tail(log_path)}"
+                f"({export.state}):\n{log_tail(log_path)}"
             )
         time.sleep(POLL_S)
 
@@ -663,69 +653,25 @@ def run_headwater(
         client_cpu = _cpu_seconds(process.pid)
         moto_cpu = moto.cpu_seconds() - moto_before
     finally:
-        _stop(process)
+        stop_process(process, STOP_GRACE_S)
     return Sample(done - started, startup, client_cpu, moto_cpu)
 
 
 # --- the report ------------------------------------------------------------------------------
 
 
-def _package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "-"
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"
-
-
-def _load_average() -> str:
-    try:
-        return " ".join(f"{value:.2f}" for value in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-def _source_revision() -> str:
-    """The commit of the checkout this script lives in, the code `headwater` runs from source."""
-    git = shutil.which("git")
-    if git is None:
-        return "?"
-    here = str(Path(__file__).resolve().parent)
-    try:
-        head = subprocess.run(  # noqa: S603 - absolute executable, fixed arguments
-            [git, "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, timeout=10, check=True
-        )
-        status = subprocess.run(  # noqa: S603 - absolute executable, fixed arguments
-            [git, "-C", here, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    dirty = " + uncommitted changes" if status.stdout.strip() else ""
-    return head.stdout.decode().strip() + dirty
-
-
 def machine_lines(headwater: Path | None) -> list[str]:
     """What the numbers were measured on: hardware and software versions."""
     packages = ", ".join(
-        f"{name} {_package_version(name)}" for name in ("boto3", "botocore", "moto", "rocksdict", "uvloop")
+        f"{name} {package_version(name)}" for name in ("boto3", "botocore", "moto", "rocksdict", "uvloop")
     )
     return [
         (
             f"machine:   {platform.system()} {platform.release()} {platform.machine()}, "
-            f"nproc {len(os.sched_getaffinity(0))}, {_cpu_model()}"
+            f"nproc {len(os.sched_getaffinity(0))}, {cpu_model()}"
         ),
         f"software:  Python {platform.python_version()}, {packages}",
-        f"headwater: {headwater or '-'} (checkout at {_source_revision()})",
+        f"headwater: {headwater or '-'} (checkout at {source_revision()})",
     ]
 
 
@@ -981,10 +927,6 @@ def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Sett
     )
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table; 1 when a measurement or a verification failed."""
     parser = build_parser()
@@ -993,7 +935,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_moto(as_is=args.moto_as_is)
     settings = _settings(parser, args)
     # SIGTERM unwinds like Ctrl-C: the `finally` blocks stop Headwater and moto.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         targets = select_targets(args.only)
         headwater = _headwater_executable(required=any(target.client == "headwater" for target in targets))
@@ -1005,12 +947,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for line in machine_lines(headwater):
             print(line)
-        print(f"load avg:  {_load_average()} (before)", flush=True)
+        print(f"load avg:  {load_average()} (before)", flush=True)
         rows = run_benchmark(targets, settings, headwater)
     except (BenchmarkError, BotoCoreError, ClientError, StreamClientError, OSError) as exc:
         print(f"upload: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    print(f"load avg:  {_load_average()} (after)")
+    print(f"load avg:  {load_average()} (after)")
     print()
     print(format_table(rows, settings))
     return 0
