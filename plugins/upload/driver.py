@@ -202,6 +202,8 @@ class ExportDriver:
         self._sizes: dict[int, int] = {}  # sequence -> record_size, of the batch being delivered
         self.requests = 0  # send() calls, for statistics and tests
         self.dead_letter_dropped = 0
+        if self._state == "idle" and self.info().lag_records:
+            self._state = "queued"  # a backlog from before a restart: not caught up yet
 
     # --- what the plugin and the status see ------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""The scenario of docs/tutorial.md: its Headwater config and its AWS helper."""
