@@ -259,7 +259,9 @@ class S3Sink(BuilderSink["S3Client"]):
             ),
             client=AwsClient(partial(_create_client, aws)),
         )
-        self._lines: dict[int, bytes] = {}  # sequence -> JSON line, from sizing until sent
+        # record -> its JSON line, from sizing until sent (keyed by the record itself, not its
+        # sequence: a sink must not trust that it never sees two records with one sequence)
+        self._lines: dict[StreamRecord, bytes] = {}
 
     def record_size(self, record: StreamRecord) -> int:
         """Bytes of the record's JSON line, uncompressed (encoded once, kept for :meth:`send`)."""
@@ -269,28 +271,28 @@ class S3Sink(BuilderSink["S3Client"]):
         """A record whose JSON line alone exceeds ``max_object_size`` (it is never sent)."""
         problem = self.builder.size_problem(len(self._line(record)))
         if problem is not None:
-            self._lines.pop(record.sequence, None)
+            self._lines.pop(record, None)
         return problem
 
     def _line(self, record: StreamRecord) -> bytes:
         # The driver sizes each record as it gathers a batch, then sends it: encoding every
         # JSON line once instead of three times is most of an S3 export's CPU (bench/upload.py).
-        line = self._lines.get(record.sequence)
+        line = self._lines.get(record)
         if line is None:
-            line = self._lines[record.sequence] = json_line(record)
+            line = self._lines[record] = json_line(record)
         return line
 
     async def send(self, records: Sequence[StreamRecord]) -> SendOutcome:
         """Upload ``records`` as one object; all or nothing."""
         if not records:
             return SendOutcome()
-        lines = [self._lines.pop(record.sequence, b"") or json_line(record) for record in records]
+        lines = [self._lines.pop(record, b"") or json_line(record) for record in records]
         # Joining and compressing up to max_object_size is CPU work: off the event loop.
         obj = await asyncio.to_thread(self.builder.build, records, lines)
         try:
             await self._client.call(partial(_upload, obj=obj))
         except BaseException:
             # A retry sends the same records again: keep their lines.
-            self._lines.update((record.sequence, line) for record, line in zip(records, lines, strict=True))
+            self._lines.update(zip(records, lines, strict=True))
             raise
         return SendOutcome()
