@@ -74,7 +74,7 @@ Background tasks (owned by the plugin host, named, stopped by :meth:`StreamsPlug
   (RocksDB refuses every write after a failure, e.g. a full disk, until reopened: once space is
   free again, writes resume without a restart), then, per stream, expires at most
   ``expire_per_tick`` records older than ``ttl`` and frees what every export delivered
-  (``drop_exported``; nothing to do until exports exist); compacts a stream's column family
+  (``drop_exported``: the lowest checkpoint of its exports); compacts a stream's column family
   after ``compact_after`` records left it (TTL, overwrite_oldest, drop_exported).
 * ``headwater-streams-status``: publishes ``<prefix>/streams/<name>/status`` (retained; the
   ``describe`` object) when it changed, at most once per ``status_interval`` per stream; clears
