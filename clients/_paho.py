@@ -8,6 +8,8 @@ client's own ``on_connect`` callback reports. It must never put a password in a 
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 from typing import TYPE_CHECKING
 
@@ -48,8 +50,22 @@ def open_connection(
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         msg = f"cannot connect to {settings.display_url}: {reason}"
         raise error(msg) from exc
+    _disable_nagle(client)
     client.loop_start()
     if not connected.wait(timeout) or connect_failure() is not None:
         reason = connect_failure() or f"no CONNACK within {timeout:g}s"
         msg = f"cannot connect to {settings.display_url}: {reason}"
         raise error(msg)
+
+
+def _disable_nagle(client: mqtt.Client) -> None:
+    """Send small packets at once (paho leaves Nagle's algorithm on).
+
+    Request/response over MQTT is a string of small packets: with Nagle on, a request written
+    while our previous PUBACK is still unacknowledged waits for the broker's delayed ACK —
+    ~40 ms per stream-API call on Linux (measured: 44 ms → under 2 ms per describe).
+    """
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
