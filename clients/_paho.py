@@ -21,7 +21,36 @@ if TYPE_CHECKING:
 
     from headwater.clients.connection import ConnectionSettings
 
-__all__ = ["open_connection"]
+__all__ = ["new_client", "open_connection"]
+
+
+def new_client(
+    client_id: str,
+    *,
+    on_connect: Callable[..., None],
+    on_disconnect: Callable[..., None],
+    on_subscribe: Callable[..., None],
+    on_message: Callable[..., None],
+) -> mqtt.Client:
+    """A paho client (MQTT 3.1.1, clean session, reconnecting after 1-10 s) for our clients.
+
+    The callbacks have paho's VERSION2 signatures.
+    """
+    import paho.mqtt.client as mqtt  # noqa: PLC0415 - shadows the type-only import
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+        clean_session=True,
+    )
+    client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    client.reconnect_delay_set(1, 10)
+    return client
 
 
 def open_connection(

@@ -54,9 +54,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
-from headwater.clients._paho import open_connection
+from headwater.clients._paho import new_client, open_connection
 from headwater.clients.connection import ConnectionSettings, resolve_url
 from headwater.plugins.streams.service import ExportInfo, StorageInfo, StreamDescription, StreamRecord
 
@@ -306,17 +306,13 @@ class StreamClient:
         self._connect_failure: str | None = None
         self._subscribe_refused = False
         self._closed = False
-        self._mqtt = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
+        self._mqtt = new_client(
+            client_id,
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+            on_subscribe=self._on_subscribe,
+            on_message=self._on_message,
         )
-        self._mqtt.on_connect = self._on_connect
-        self._mqtt.on_disconnect = self._on_disconnect
-        self._mqtt.on_subscribe = self._on_subscribe
-        self._mqtt.on_message = self._on_message
-        self._mqtt.reconnect_delay_set(1, 10)
 
     # --- connecting -----------------------------------------------------------------------------
 
