@@ -30,7 +30,7 @@ botocore's own, fit for the export's ``last_error``.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 import urllib3.exceptions
 from botocore.exceptions import (
@@ -56,6 +56,9 @@ from headwater.plugins.upload.sink import (
     ExportThrottledError,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
 __all__ = [
     "AWS_ERRORS",
     "BLOCKING_CODES",
@@ -63,6 +66,7 @@ __all__ = [
     "aws_error_code",
     "error_text",
     "export_error",
+    "record_failures",
 ]
 
 #: What a service catches around a boto3 call and hands to :func:`export_error`.
@@ -141,6 +145,24 @@ def error_text(code: str, message: str | None) -> str:
     """``"<Code>: <message>"``, or the code alone when AWS gave no message."""
     message = (message or "").strip()
     return f"{code}: {message}" if message else code
+
+
+def record_failures(
+    operation: str, sequences: Sequence[int], results: Sequence[Mapping[str, Any]]
+) -> dict[int, str]:
+    """Sequence → ``"<ErrorCode>: <ErrorMessage>"`` of the records a batch call did not take.
+
+    ``results`` are the per-record answers of PutRecords / PutRecordBatch, in request order;
+    a count that does not match the request is a malformed answer (retryable).
+    """
+    if len(results) != len(sequences):
+        msg = f"MalformedResponse: {operation} answered {len(results)} results for {len(sequences)} records"
+        raise ExportRetryableError(msg)
+    return {
+        sequence: error_text(str(result["ErrorCode"]), result.get("ErrorMessage", ""))
+        for sequence, result in zip(sequences, results, strict=True)
+        if result.get("ErrorCode")
+    }
 
 
 def export_error(exc: BaseException) -> ExportError:

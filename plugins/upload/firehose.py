@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Final
 
 from headwater.plugins.upload._batching import KiB, MiB, send_in_order, split_within
 from headwater.plugins.upload._client import AwsClient, BuilderSink, client_config, new_session
-from headwater.plugins.upload._errors import error_text
+from headwater.plugins.upload._errors import record_failures
 from headwater.plugins.upload._options import str_option
-from headwater.plugins.upload.sink import AwsSession, BatchLimits, ExportRetryableError, SendOutcome
+from headwater.plugins.upload.sink import AwsSession, BatchLimits, SendOutcome
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -71,18 +71,7 @@ class PutRecordBatchRequest:
 
     def failures(self, response: PutRecordBatchOutputTypeDef) -> dict[int, str]:
         """Sequence → ``"<ErrorCode>: <ErrorMessage>"`` for each record Firehose did not take."""
-        results = response.get("RequestResponses", [])
-        if len(results) != len(self.sequences):
-            msg = (
-                f"MalformedResponse: PutRecordBatch answered {len(results)} results "
-                f"for {len(self.sequences)} records"
-            )
-            raise ExportRetryableError(msg)
-        return {
-            sequence: error_text(result["ErrorCode"], result.get("ErrorMessage", ""))
-            for sequence, result in zip(self.sequences, results, strict=True)
-            if result.get("ErrorCode")
-        }
+        return record_failures("PutRecordBatch", self.sequences, response.get("RequestResponses", []))
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,12 +35,11 @@ from typing import TYPE_CHECKING, Final
 
 from headwater.plugins.upload._batching import MiB, send_in_order, split_within
 from headwater.plugins.upload._client import AwsClient, BuilderSink, client_config, new_session
-from headwater.plugins.upload._errors import error_text
+from headwater.plugins.upload._errors import record_failures
 from headwater.plugins.upload._options import str_option
 from headwater.plugins.upload.sink import (
     AwsSession,
     BatchLimits,
-    ExportRetryableError,
     SendOutcome,
 )
 
@@ -108,18 +107,7 @@ class PutRecordsRequest:
 
     def failures(self, response: PutRecordsOutputTypeDef) -> dict[int, str]:
         """Sequence → ``"<ErrorCode>: <ErrorMessage>"`` for each record AWS did not take."""
-        results = response.get("Records", [])
-        if len(results) != len(self.sequences):
-            msg = (
-                f"MalformedResponse: PutRecords answered {len(results)} results "
-                f"for {len(self.sequences)} records"
-            )
-            raise ExportRetryableError(msg)
-        return {
-            sequence: error_text(result["ErrorCode"], result.get("ErrorMessage", ""))
-            for sequence, result in zip(self.sequences, results, strict=True)
-            if result.get("ErrorCode")
-        }
+        return record_failures("PutRecords", self.sequences, response.get("Records", []))
 
 
 @dataclass(frozen=True, slots=True)
