@@ -35,6 +35,10 @@ def hub(headwater_factory: BrokerFactory) -> InProcessBroker:
     return headwater_factory(STREAMS, plugins=[streams, StreamsApi(streams)])
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key != "HEADWATER_URL"}
     return {**env, **extra}
@@ -153,6 +157,10 @@ def test_follow_prints_new_records_until_ctrl_c(hub: InProcessBroker) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=_env(PYTHONFAULTHANDLER="1"),  # SIGABRT dumps every thread's stack (diagnosis)
+        # A shell starts background jobs (`scripts/test &`) with SIGINT ignored and children
+        # inherit that: Python then installs no KeyboardInterrupt handler and SIGINT does
+        # nothing. A user's terminal has the default disposition; so does this child.
+        preexec_fn=_default_sigint,  # noqa: PLW1509 - nothing else forks meanwhile in this test
     )
     try:
         assert follow.stdout is not None
