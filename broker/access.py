@@ -236,3 +236,8 @@ class AccessPolicy:
             return True
         rules = self._rules.get(ANONYMOUS if username is None else username)
         return rules is not None and rules.subscribe.has_match(topic)
+
+    def may_use_client_id(self, username: str | None, client_id: str) -> bool:
+        """Placeholder until the ACL's client_ids land: every client id is allowed."""
+        del username, client_id
+        return True

@@ -18,11 +18,14 @@ of "every task has an owner".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Self
 
 from headwater.broker.access import AccessPolicy
+from headwater.broker.connection import ConnectionLimits
 from headwater.broker.durable import PublishGate
 from headwater.broker.server import Authenticator, HeadwaterBroker, RetainedPersistence
 from headwater.plugins.streams.store import Database
@@ -116,6 +119,7 @@ class Headwater:
         )
         self.access = AccessPolicy(config.broker.acl)
         self.gate = PublishGate(access=self.access, reserved_filters=reserved)
+        self.limits = ConnectionLimits(config.broker.limits)
 
     @property
     def bound(self) -> tuple[BoundListener, ...]:
@@ -137,6 +141,7 @@ class Headwater:
             allow_anonymous=config.broker.allow_anonymous, password_file=config.broker.password_file
         )
         authenticator.check_password_file()
+        _raise_descriptor_limit(config.broker.limits.max_connections)
         self._database = Database.open(config.data_dir)
         try:
             host = self.host = PluginHost(config, self._database, self.gate)
@@ -150,6 +155,7 @@ class Headwater:
                 gate=self.gate,
                 access=self.access,
                 retained_store=self._database.retained,
+                limits=self.limits,
                 before_listen=self._start_plugins,
             )
             host._attach(self._broker)  # noqa: SLF001 - the host and the app are one unit
@@ -204,3 +210,28 @@ class Headwater:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+
+# Descriptors Headwater needs besides its client connections (RocksDB files, logs, Docker).
+_DESCRIPTOR_RESERVE = 256
+
+
+def _raise_descriptor_limit(max_connections: int) -> None:
+    """Make room for ``max_connections`` sockets in the soft RLIMIT_NOFILE, or say there is none."""
+    wanted = max_connections + _DESCRIPTOR_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft < wanted:
+        logger.warning(
+            "only %d file descriptors allowed (ulimit -n); broker.limits.max_connections %d needs "
+            "about %d: connections beyond the limit will fail to open",
+            soft,
+            max_connections,
+            wanted,
+        )

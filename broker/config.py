@@ -58,6 +58,7 @@ from headwater.broker.topics import InvalidTopicError, validate_topic_filter, va
 
 __all__ = [
     "AwsConfig",
+    "BrokerLimits",
     "BrokerSettings",
     "ConfigError",
     "DeployConfig",
@@ -138,8 +139,31 @@ class TopicACL:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerLimits:
+    """``broker.limits``: what one client, and all of them together, may cost the broker.
+
+    Every limit protects the gateway from a client that is broken or hostile; the defaults are
+    meant to be safe on a small gateway and are documented in docs/security.md.
+    """
+
+    # Seconds a new connection may take to send a complete CONNECT before it is closed.
+    connect_timeout: float = 10.0
+    # Bytes of one MQTT packet (fixed header included); a larger one closes the connection
+    # before its body is read.
+    max_packet_size: int = 8 * 1024 * 1024
+    # Open client connections at once (every listener together); more are closed at once.
+    max_connections: int = 10_000
+    # QoS 1/2 messages kept for one offline persistent session; beyond that new ones are
+    # dropped and counted.
+    max_queued_messages: int = 1000
+    # QoS 1/2 messages in flight per client and direction: unacknowledged deliveries to it, and
+    # its publishes not yet acknowledged (the broker stops reading from it until one is).
+    max_inflight_messages: int = 20
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerSettings:
-    """The ``broker`` section: listeners, authentication and the ACL."""
+    """The ``broker`` section: listeners, authentication, the ACL and the limits."""
 
     listeners: tuple[ListenerConfig, ...]
     allow_anonymous: bool
@@ -149,6 +173,7 @@ class BrokerSettings:
     # None = no ACL at all (every authenticated client may do anything).
     # Key "anonymous" applies to clients without a username.
     acl: Mapping[str, TopicACL] | None = None
+    limits: BrokerLimits = field(default_factory=BrokerLimits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -944,19 +969,75 @@ def _acl(value: object, path: str) -> dict[str, TopicACL]:
     return acl
 
 
+_LIMIT_KEYS: Final = (
+    "connect_timeout",
+    "max_packet_size",
+    "max_connections",
+    "max_queued_messages",
+    "max_inflight_messages",
+)
+# The smallest packet limit that still lets a client CONNECT with a long will or password.
+_MIN_PACKET_SIZE: Final = 1 * _KiB
+# MQTT's remaining length is at most 268,435,455 bytes, plus at most 5 bytes of fixed header.
+_MAX_PACKET_SIZE: Final = 268_435_460
+
+
+def _limits(broker: _Section) -> BrokerLimits:
+    limits = broker.section("limits", _LIMIT_KEYS)
+    defaults = BrokerLimits()
+    return BrokerLimits(
+        connect_timeout=limits.get("connect_timeout", _duration(positive=True), defaults.connect_timeout),
+        max_packet_size=limits.get(
+            "max_packet_size",
+            _size(_MIN_PACKET_SIZE, _MAX_PACKET_SIZE, why_maximum=" (the largest packet MQTT can frame)"),
+            defaults.max_packet_size,
+        ),
+        max_connections=limits.get("max_connections", _int_between(1, 1_000_000), defaults.max_connections),
+        max_queued_messages=limits.get(
+            "max_queued_messages", _int_between(0, 10_000_000), defaults.max_queued_messages
+        ),
+        max_inflight_messages=limits.get(
+            "max_inflight_messages", _int_between(1, 65_535), defaults.max_inflight_messages
+        ),
+    )
+
+
+def _check_someone_can_log_in(
+    broker: _Section, listeners: tuple[ListenerConfig, ...], *, allow_anonymous: bool, has_passwords: bool
+) -> None:
+    """Refuse a listener that accepts nobody: it would only log one refusal per attempt."""
+    if has_passwords:
+        return
+    for listener in listeners:
+        anonymous = allow_anonymous if listener.allow_anonymous is None else listener.allow_anonymous
+        if anonymous:
+            continue
+        raise ConfigError(
+            _join(broker.at("listeners"), listener.name),
+            f"nobody can log in to listener {listener.name!r} (anonymous access is off and there is "
+            "no broker.password_file): add users with `headwater passwd FILE USER` and set "
+            "broker.password_file, or set allow_anonymous: true on this listener",
+        )
+
+
 def _broker(top: _Section) -> BrokerSettings:
-    broker = top.section("broker", ("listeners", "allow_anonymous", "password_file", "acl"))
+    broker = top.section("broker", ("listeners", "allow_anonymous", "password_file", "acl", "limits"))
     listeners = _listeners(broker)
     # Anonymous access is safe by default only when nobody outside this machine can connect.
     allow_anonymous = broker.get(
         "allow_anonymous", _bool, all(listener.is_loopback for listener in listeners)
     )
+    password_file = broker.optional("password_file", _path)
+    _check_someone_can_log_in(
+        broker, listeners, allow_anonymous=allow_anonymous, has_passwords=password_file is not None
+    )
     return BrokerSettings(
         listeners=listeners,
         allow_anonymous=allow_anonymous,
         allow_anonymous_explicit="allow_anonymous" in broker,
-        password_file=broker.optional("password_file", _path),
+        password_file=password_file,
         acl=broker.optional("acl", _acl),
+        limits=_limits(broker),
     )
 
 
@@ -1265,6 +1346,14 @@ def parse_config(data: object, *, source: str) -> HeadwaterConfig:
         for name, value, path in top.named("streams", what="stream", pattern=_NAME)
     }
     uploads = top.section("uploads", ("max_bandwidth", "max_backoff", "priority_aging"))
+    deploy = _deploy(top)
+    if deploy.enabled and deploy.max_compose_size > broker.limits.max_packet_size:
+        raise ConfigError(
+            "deploy.max_compose_size",
+            f"{format_size(deploy.max_compose_size)} does not fit in one MQTT packet of "
+            f"broker.limits.max_packet_size ({format_size(broker.limits.max_packet_size)}): "
+            "lower one or raise the other",
+        )
     return HeadwaterConfig(
         data_dir=top.get("data_dir", _path, Path("headwater-data").absolute()),
         topic_prefix=top.get("topic_prefix", _topic_prefix, "headwater"),
@@ -1276,6 +1365,6 @@ def parse_config(data: object, *, source: str) -> HeadwaterConfig:
             max_backoff=uploads.get("max_backoff", _duration(positive=True), 300.0),
             priority_aging=uploads.get("priority_aging", _duration(positive=True), 10.0),
         ),
-        deploy=_deploy(top),
+        deploy=deploy,
         source=source,
     )

@@ -1,7 +1,7 @@
 """The durable-acknowledgement hook point: plugins finish a durable write before the PUBACK.
 
 amqtt sends the PUBACK (QoS 1) or PUBREC (QoS 2) of an incoming PUBLISH from
-``ProtocolHandler.handle_publish`` before any plugin hook runs (NOTES.md). Headwater replaces the
+``ProtocolHandler.handle_publish`` before any plugin hook runs. Headwater replaces the
 broker's protocol handler with :class:`DurableAckProtocolHandler`, whose ``handle_publish``
 
 1. checks, synchronously and in packet-arrival order, that the topic is valid and that the
@@ -14,9 +14,14 @@ broker's protocol handler with :class:`DurableAckProtocolHandler`, whose ``handl
    and route the message. QoS 0 is never delayed: its awaitables are not awaited here, the
    interceptor owns them. Other connections are never delayed by this one.
 
-If an interceptor's write fails (disk full, I/O error) the message is *not* acknowledged and the
-connection is closed: the client resends after reconnecting, so nothing it was told is safe is
-lost. The failure is counted and logged (rate-limited to one line per connection).
+If an interceptor's write fails (disk full, I/O error), or an interceptor raises while it is
+offered the message, the message is *not* acknowledged and the connection is closed: the client
+resends after reconnecting, so nothing it was told is safe is lost. The failure is counted and
+logged (rate-limited to one line per connection).
+
+A QoS 2 message is offered once: a PUBLISH that repeats the packet id of a QoS 2 message not
+yet released by its PUBREL (a resend with DUP, also after a reconnection of the same session)
+waits for the first one's storage and is never stored again.
 
 This module must never do I/O itself: it sequences other objects' I/O.
 """
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable
 
     from amqtt.mqtt.publish import PublishPacket
+    from amqtt.mqtt.pubrel import PubrelPacket
     from amqtt.plugins.manager import PluginManager
 
     from headwater.broker.access import AccessPolicy
@@ -56,6 +62,9 @@ _DECISION_CACHE_SIZE = 8192
 
 #: Session attribute holding the authenticated username (None = anonymous).
 PRINCIPAL_ATTRIBUTE = "headwater.principal"
+#: Session attribute: QoS 2 packet ids received and offered, not yet released by a PUBREL,
+#: each with what its storage returned. Kept with the session, so it spans reconnections.
+_EXACTLY_ONCE_ATTRIBUTE = "headwater.qos2_received"
 
 
 def principal_of(session: object) -> str | None:
@@ -63,6 +72,14 @@ def principal_of(session: object) -> str | None:
     attributes = getattr(session, "attributes", {})
     principal = attributes.get(PRINCIPAL_ATTRIBUTE)
     return principal if isinstance(principal, str) else None
+
+
+def _exactly_once(session: object) -> dict[int, tuple[Awaitable[None], ...]]:
+    attributes: dict[str, object] = getattr(session, "attributes", {})
+    received = attributes.get(_EXACTLY_ONCE_ATTRIBUTE)
+    if not isinstance(received, dict):
+        received = attributes[_EXACTLY_ONCE_ATTRIBUTE] = {}
+    return received
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,27 +207,36 @@ class DurableAckProtocolHandler(BrokerProtocolHandler):
 
     async def handle_publish(self, publish_packet: PublishPacket) -> None:
         """Offer, wait for durability (QoS 1/2), then let amqtt acknowledge and route."""
+        qos = publish_packet.qos or 0
         # Everything up to the first await runs in packet-arrival order (one task per packet,
         # started in order): the ACL check and the offer to interceptors must stay above it.
-        pending = self._offer(publish_packet)
-        if publish_packet.qos == 0 or publish_packet.qos is None:
+        try:
+            pending, duplicate = self._offer(publish_packet)
+        except Exception as exc:  # noqa: BLE001 - an interceptor that raises means "not stored"
+            if qos:
+                self._durable_phase_done()
+            await self._refuse_after_failure(exc)
+            return
+        if qos == 0:
             await super().handle_publish(publish_packet)
+            return
+        if duplicate:
+            # A QoS 2 message again before its PUBREL: once its first copy is stored, amqtt
+            # answers PUBREC again and delivers it once. It must not wait behind the first copy
+            # (which waits for the PUBREL that the client sends only after this PUBREC).
+            if await self._wait_stored(pending, publish_packet):
+                await super().handle_publish(publish_packet)
             return
         previous = self._release_tail
         if not pending and (previous is None or previous.done()):
             # Nothing to wait for and nothing earlier still waiting: amqtt's own path.
+            self._durable_phase_done()
             await super().handle_publish(publish_packet)
             return
         released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._release_tail = released
         try:
-            try:
-                for waitable in pending:
-                    # shield: interceptors share one future among many publishes (group commit);
-                    # a connection closing must not cancel it for the others.
-                    await asyncio.shield(waitable)
-            except Exception as exc:  # noqa: BLE001 - any storage failure means "not durable"
-                await self._refuse_after_failure(exc)
+            if not await self._wait_stored(pending, publish_packet):
                 return
             if previous is not None:
                 await asyncio.shield(previous)
@@ -219,32 +245,73 @@ class DurableAckProtocolHandler(BrokerProtocolHandler):
             if not released.done():
                 released.set_result(None)
 
-    def _offer(self, publish_packet: PublishPacket) -> list[Awaitable[None]]:
+    async def _wait_stored(self, pending: list[Awaitable[None]], publish_packet: PublishPacket) -> bool:
+        """Wait until the interceptors stored the message; on failure refuse it, return False."""
+        try:
+            for waitable in pending:
+                # shield: interceptors share one future among many publishes (group commit);
+                # a connection closing must not cancel it for the others.
+                await asyncio.shield(waitable)
+        except Exception as exc:  # noqa: BLE001 - any storage failure means "not durable"
+            self._forget_exactly_once(publish_packet)
+            await self._refuse_after_failure(exc)
+            return False
+        finally:
+            self._durable_phase_done()
+        return True
+
+    async def handle_pubrel(self, pubrel: PubrelPacket) -> None:
+        """The publisher released a QoS 2 message: its packet id may now carry a new one."""
+        if self.session is not None:
+            _exactly_once(self.session).pop(pubrel.packet_id, None)
+        await super().handle_pubrel(pubrel)
+
+    def _durable_phase_done(self) -> None:
+        """A QoS 1/2 publish no longer waits for storage (subclasses count these)."""
+
+    def _forget_exactly_once(self, publish_packet: PublishPacket) -> None:
+        packet_id = publish_packet.packet_id
+        if publish_packet.qos == 2 and self.session is not None and packet_id is not None:  # noqa: PLR2004
+            _exactly_once(self.session).pop(packet_id, None)
+
+    def _offer(self, publish_packet: PublishPacket) -> tuple[list[Awaitable[None]], bool]:
+        """Offer an accepted publish; return what must complete first, and whether it repeats one."""
         topic = publish_packet.topic_name
         data = publish_packet.data
         session = self.session
         if topic is None or data is None or session is None:
-            return []
+            return [], False
         if topic.startswith("$"):
-            return []  # amqtt refuses client publishes to $-topics and closes the connection
+            return [], False  # amqtt refuses client publishes to $-topics and closes the connection
         username = principal_of(session)
         if not self._gate.may_publish(username, topic):
             # Also covers invalid topics (wildcards, "$...") that amqtt then refuses itself.
             self._gate.note_refused()
-            return []
+            return [], False
         retain = bool(publish_packet.retain_flag)
+        qos = publish_packet.qos or 0
+        exactly_once = _exactly_once(session) if qos == 2 else None  # noqa: PLR2004
+        packet_id = publish_packet.packet_id
+        if exactly_once is not None and packet_id is not None and packet_id in exactly_once:
+            # The same QoS 2 message again (DUP), before its PUBREL: it is stored already.
+            # Wait for that first write, never store it twice (MQTT 4.3.3: exactly once).
+            return list(exactly_once[packet_id]), True
         if not self._gate.wants(retain=retain):
-            return []
-        message = IncomingPublish(
-            client_id=session.client_id or "",
-            username=username,
-            topic=topic,
-            payload=bytes(data),
-            qos=publish_packet.qos or 0,
-            retain=retain,
-            received_at_ms=time.time_ns() // 1_000_000,
-        )
-        return self._gate.offer(message)
+            pending: list[Awaitable[None]] = []
+        else:
+            message = IncomingPublish(
+                client_id=session.client_id or "",
+                username=username,
+                topic=topic,
+                payload=bytes(data),
+                qos=qos,
+                retain=retain,
+                received_at_ms=time.time_ns() // 1_000_000,
+            )
+            pending = self._gate.offer(message)
+        if exactly_once is not None and packet_id is not None:
+            exactly_once[packet_id] = tuple(pending)
+        return pending, False
 
     async def _refuse_after_failure(self, exc: BaseException) -> None:
         self._gate.note_durable_failure()

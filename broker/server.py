@@ -9,9 +9,21 @@ Owns the subclass of :class:`amqtt.broker.Broker` and everything Headwater chang
 * **Authentication and authorization** are Headwater's own synchronous objects
   (:class:`Authenticator`, :class:`~headwater.broker.access.AccessPolicy`) called directly,
   not through amqtt's plugin manager, which would create one task per plugin per message.
-* **Retained-message leak** (NOTES.md): amqtt replays retained messages for every client's filters
-  to a subscriber, without the ACL's receive check. Here a subscriber gets only retained messages
-  matching its *own* filters that the ACL lets it receive.
+* **CONNECT** is read whole within ``broker.limits.connect_timeout`` and ``max_packet_size``,
+  and decided before any session state is touched (amqtt deleted a clean session before it
+  authenticated the CONNECT that asked for it): the password, the ACL's ``client_ids``, who
+  owns an existing session of that client id (a session belongs to the user that created it),
+  and the will (its topic must be one the user may publish to). A refused CONNECT gets CONNACK
+  5 (not authorised) and changes nothing.
+* **Wills** are published through the same gate as client publishes when they fire (ACL,
+  reserved topics, durable storage of a retained will); amqtt published them unchecked.
+* **Limits**: ``max_connections`` (closed before reading), offline queues of at most
+  ``max_queued_messages`` (the rest dropped and counted), and per connection the packet loop of
+  :mod:`headwater.broker.connection`.
+* **Retained-message leak**: amqtt replays retained messages for every client's filters to a
+  subscriber, without the ACL's receive check. Here a subscriber gets only retained messages
+  matching its *own* filters that the ACL lets it receive; messages queued for an offline
+  session are checked against the ACL again when they are delivered.
 * **Durable retained messages**: every change to the retained set is written through
   :class:`~headwater.plugins.streams.store.RetainedStore`; client publishes are written before
   their PUBACK (see :mod:`headwater.broker.durable`), and the set is restored before any
@@ -26,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -35,24 +48,30 @@ import websockets.asyncio.server
 from amqtt.adapters import StreamWriterAdapter
 from amqtt.broker import Broker, RetainedApplicationMessage, Server
 from amqtt.contexts import Action
+from amqtt.errors import MQTTError
+from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.disconnect import DisconnectPacket
+from amqtt.mqtt.packet import CONNECT
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 
 from headwater.broker.config import ListenerConfig
+from headwater.broker.connection import ConnectionHandler, ConnectionLimits
 from headwater.broker.durable import (
     PRINCIPAL_ATTRIBUTE,
-    DurableAckProtocolHandler,
     IncomingPublish,
     PublishGate,
     principal_of,
 )
+from headwater.broker.framing import FramingError, PacketTooLargeError, read_frame, replay_reader
 from headwater.broker.passwords import PasswordFile, PasswordFileError
-from headwater.broker.topics import topic_matches
+from headwater.broker.topics import InvalidTopicError, topic_matches, validate_topic_name
+from headwater.plugins.streams.store import StorageError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from amqtt.adapters import ReaderAdapter, WriterAdapter
-    from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
     from amqtt.session import Session
 
     from headwater.broker.access import AccessPolicy
@@ -61,6 +80,9 @@ if TYPE_CHECKING:
 __all__ = ["Authenticator", "BoundListener", "HeadwaterBroker", "ListenerStartError", "RetainedPersistence"]
 
 logger = logging.getLogger(__name__)
+
+# Seconds a client's previous connection gets to end (will, cleanup) when it connects again.
+_TAKEOVER_TIMEOUT = 5.0
 
 
 class ListenerStartError(Exception):
@@ -158,19 +180,23 @@ class HeadwaterBroker(Broker):
         gate: PublishGate,
         access: AccessPolicy,
         retained_store: RetainedStore | None,
+        limits: ConnectionLimits,
         before_listen: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         # amqtt gets no plugins at all (an empty map keeps its defaults out) and one unbound
         # listener: Headwater opens the sockets itself in _start_listeners.
         super().__init__({"listeners": {"default": {"bind": None}}, "plugins": {}})
         self._headwater_listeners = listeners
-        # amqtt only looks listeners up by name to hand them to _authenticate (per-listener rules).
+        # amqtt only looks listeners up by name to hand them to _admit (per-listener rules).
         self.listeners_config = {listener.name: listener for listener in listeners}  # type: ignore[misc]
         self._authenticator = authenticator
         self._gate = gate
         self._access = access
         self._retained_store = retained_store
+        self._limits = limits
         self._before_listen = before_listen
+        self._retained_write_failures = 0
+        self._last_limit_log = 0.0
         self.bound: tuple[BoundListener, ...] = ()
         # Every accepted connection's task and writer, so that shutdown leaves none behind
         # (amqtt only closes connections that already have a session).
@@ -222,12 +248,30 @@ class HeadwaterBroker(Broker):
     ) -> None:
         task = asyncio.current_task()
         assert task is not None  # noqa: S101 - asyncio runs every connection in a task
+        if len(self._connections) >= self._limits.limits.max_connections:
+            # Closed before a byte is read: a flood of connections holds each descriptor only
+            # as long as it takes to close it.
+            self._limits.refused_max_connections += 1
+            self._log_limit(
+                "refusing a connection on listener %s: %d connections open (broker.limits.max_connections)",
+                listener_name,
+                len(self._connections),
+            )
+            await _close_quietly(writer)
+            return
         self._connections[task] = writer
         try:
             await super()._client_connected(listener_name, reader, writer)
         finally:
             self._connections.pop(task, None)
             _close_transport(writer)
+
+    def _log_limit(self, text: str, *args: object) -> None:
+        """Log a limit's refusal at most once a second (a flood must not flood the log too)."""
+        now = time.monotonic()
+        if now - self._last_limit_log >= 1:
+            self._last_limit_log = now
+            logger.warning(text, *args)
 
     async def shutdown(self) -> None:
         """Stop accepting, close every connection and session, and leave no connection task."""
@@ -316,28 +360,257 @@ class HeadwaterBroker(Broker):
         remote_address: str,
         remote_port: int,
     ) -> tuple[BrokerProtocolHandler, Session]:
-        _, session = await super()._initialize_client_session(reader, writer, remote_address, remote_port)
-        # The handler amqtt built holds no state yet: swap in the one that delays acks.
-        handler = DurableAckProtocolHandler(self.plugins_manager, gate=self._gate, loop=self._loop)
+        """Read the CONNECT (within the connect timeout and packet size) into a new session.
+
+        Nothing of the broker's state is touched here: whether the session is new, resumed or
+        taken over is decided after authentication (:meth:`_handle_client_session`).
+        """
+        limits = self._limits.limits
+        where = f"{remote_address}:{remote_port}"
+        try:
+            frame = await asyncio.wait_for(
+                read_frame(reader, max_packet_size=limits.max_packet_size), limits.connect_timeout
+            )
+        except TimeoutError:
+            self._limits.connect_timeouts += 1
+            self._log_limit(
+                "closing connection from %s: no CONNECT within %gs (broker.limits.connect_timeout)",
+                where,
+                limits.connect_timeout,
+            )
+            await _close_quietly(writer)
+            raise MQTTError("no CONNECT in time") from None
+        except FramingError as exc:
+            self._limits.oversized_packets += isinstance(exc, PacketTooLargeError)
+            self._log_limit("closing connection from %s before CONNECT: %s", where, exc)
+            await _close_quietly(writer)
+            raise MQTTError(str(exc)) from exc
+        if frame is None or frame.packet_type != CONNECT:
+            # MQTT-3.1.0-1: the first packet must be a CONNECT.
+            await _close_quietly(writer)
+            msg = f"{where}: the first packet was not a CONNECT"
+            raise MQTTError(msg)
+        try:
+            _, session = await BrokerProtocolHandler.init_from_connect(
+                replay_reader(frame), writer, self.plugins_manager
+            )
+        except MQTTError:
+            await _close_quietly(writer)
+            raise
+        except Exception as exc:
+            # A CONNECT that amqtt cannot parse (bad UTF-8, short fields...): malformed.
+            self._limits.malformed_packets += 1
+            self._log_limit("closing connection from %s: malformed CONNECT: %s", where, exc)
+            await _close_quietly(writer)
+            raise MQTTError(str(exc)) from exc
+        handler = ConnectionHandler(
+            self.plugins_manager, gate=self._gate, limits=self._limits, loop=self._loop
+        )
         return handler, session
 
-    async def _authenticate(self, session: Session, listener: Any) -> bool:
+    async def _handle_client_session(  # noqa: PLR0917 - amqtt's signature
+        self,
+        reader: ReaderAdapter,
+        writer: WriterAdapter,
+        client_session: Session,
+        handler: BrokerProtocolHandler,
+        server: Server,
+        listener_name: str,
+    ) -> None:
+        """Admit or refuse the CONNECT, then take the session and run the client."""
+        del server  # amqtt's connection count; Headwater counts in _client_connected
+        refusal, principal = await self._admit(client_session, self.listeners_config[listener_name])
+        if refusal is not None:
+            logger.info(
+                "refused connection of client %r from %s: %s",
+                client_session.client_id,
+                client_session.remote_address,
+                refusal,
+            )
+            # A refused CONNECT changes nothing: no session was looked up, deleted or taken.
+            with contextlib.suppress(OSError, ConnectionError):
+                await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+            await _close_quietly(writer)
+            return
+        session = await self._take_session(client_session, principal)
+        session.transitions.connect()
+        handler.attach(session, reader, writer)
+        assert session.client_id is not None  # noqa: S101 - amqtt generates one when empty
+        self._sessions[session.client_id] = (session, handler)
+        await handler.mqtt_connack_authorize(True)  # noqa: FBT003 - amqtt's signature
+        await handler.start()
+        await self._publish_session_retained_messages(session)
+        if session.parent:
+            # A resumed session's subscriptions: replay the retained messages they match.
+            for topic_filter, subscribers in list(self._subscriptions.items()):
+                if any(owner is session for owner, _ in subscribers):
+                    await self._publish_retained_messages_for_subscription((topic_filter, 0), session)
+        await self._client_message_loop(session, handler)
+
+    async def _admit(self, incoming: Session, listener: object) -> tuple[str | None, str | None]:
+        """Decide a CONNECT before anything else: (why it is refused or None, principal)."""
         # amqtt hands over listeners_config[name]: our ListenerConfig (see __init__).
         own_rule = listener.allow_anonymous if isinstance(listener, ListenerConfig) else None
         accepted, principal = await self._authenticator.authenticate(
-            session.username, session.password, allow_anonymous=own_rule
+            incoming.username, incoming.password, allow_anonymous=own_rule
         )
-        session.password = None  # nothing secret stays in memory longer than needed
-        session.attributes[PRINCIPAL_ATTRIBUTE] = principal
-        session.is_anonymous = principal is None
+        incoming.password = None  # nothing secret stays in memory longer than needed
         if not accepted:
-            logger.info(
-                "refused connection of client %r from %s (%s)",
-                session.client_id,
-                session.remote_address,
-                "anonymous access disabled" if session.username is None else "bad username or password",
+            reason = "anonymous access disabled" if incoming.username is None else "bad username or password"
+            return reason, None
+        who = "anonymous clients" if principal is None else f"user {principal!r}"
+        client_id = incoming.client_id or ""
+        if not self._access.may_use_client_id(principal, client_id):
+            return f"{who} may not use the client id {client_id!r} (acl client_ids)", principal
+        existing = self._sessions.get(client_id)
+        if existing is not None and principal_of(existing[0]) != principal:
+            # A session belongs to whoever created it: nobody else resumes, replaces or ends it.
+            return f"the session {client_id!r} belongs to another user", principal
+        if incoming.will_flag:
+            will_topic = incoming.will_topic or ""
+            try:
+                validate_topic_name(will_topic)
+            except InvalidTopicError as exc:
+                return f"invalid will topic: {exc}", principal
+            if will_topic.startswith("$") or not self._gate.may_publish(principal, will_topic):
+                self._gate.note_refused()
+                return f"{who} may not publish to the will topic {will_topic!r}", principal
+        return None, principal
+
+    async def _take_session(self, incoming: Session, principal: str | None) -> Session:
+        """Apply clean-session semantics to an admitted CONNECT; return the session to use."""
+        client_id = incoming.client_id or ""
+        existing = self._sessions.get(client_id)
+        if existing is not None and existing[0].transitions.is_connected():
+            # MQTT-3.1.4-2: the same client id connecting again ends the other connection.
+            logger.info("client %s connected again: closing its previous connection", client_id)
+            await self._end_connection(existing[1])
+            if existing[0].transitions.is_connected():
+                existing[0].transitions.disconnect()
+        if incoming.clean_session or existing is None:
+            if existing is not None:
+                await self._delete_session(client_id)
+            incoming.parent = 0
+            incoming.attributes[PRINCIPAL_ATTRIBUTE] = principal
+            incoming.is_anonymous = principal is None
+            return incoming
+        session = existing[0]
+        # The new connection brings its own will, keepalive and address.
+        session.will_flag = incoming.will_flag
+        session.will_message = incoming.will_message
+        session.will_topic = incoming.will_topic
+        session.will_qos = incoming.will_qos
+        session.will_retain = incoming.will_retain
+        session.keep_alive = incoming.keep_alive
+        session.remote_address = incoming.remote_address
+        session.remote_port = incoming.remote_port
+        session.ssl_object = incoming.ssl_object
+        session.parent = 1
+        return session
+
+    async def _end_connection(self, handler: BrokerProtocolHandler) -> None:
+        """Close ``handler``'s connection and wait (a while) until its task has finished."""
+        tasks = [task for task, writer in self._connections.items() if writer is handler.writer]
+        await handler.handle_connection_closed()
+        if tasks:
+            await asyncio.wait(tasks, timeout=_TAKEOVER_TIMEOUT)
+
+    async def _handle_disconnect(
+        self,
+        client_session: Session,
+        handler: BrokerProtocolHandler,
+        disconnect_waiter: asyncio.Future[Any],
+    ) -> None:
+        # amqtt published and retained the will here without any ACL check (anyone could
+        # plant a retained deployment). A will is a publish: it goes through the same gate.
+        if not isinstance(disconnect_waiter.result(), DisconnectPacket) and client_session.will_flag:
+            await self._publish_will(client_session)
+        await self._stop_handler(handler)
+        client_session.transitions.disconnect()
+
+    async def _publish_will(self, session: Session) -> None:
+        """Publish a client's will as if the client had published it now (ACL, storage, retain)."""
+        topic = session.will_topic or ""
+        payload = bytes(session.will_message or b"")
+        qos = session.will_qos or 0
+        retain = bool(session.will_retain)
+        principal = principal_of(session)
+        # Checked at CONNECT already, and again now: the gate decides at the time it publishes.
+        if topic.startswith("$") or not self._gate.may_publish(principal, topic):
+            self._gate.note_refused()
+            logger.warning("will of client %s on %r not published: not authorised", session.client_id, topic)
+            return
+        if self._gate.wants(retain=retain):
+            message = IncomingPublish(
+                client_id=session.client_id or "",
+                username=principal,
+                topic=topic,
+                payload=payload,
+                qos=qos,
+                retain=retain,
+                received_at_ms=time.time_ns() // 1_000_000,
             )
-        return accepted
+            try:
+                for waitable in self._gate.offer(message):
+                    await asyncio.shield(waitable)
+            except Exception as exc:  # noqa: BLE001 - a storage failure: say so, still deliver
+                self._gate.note_durable_failure()
+                logger.error(  # noqa: TRY400 - one line; the cause is in the message
+                    "will of client %s on %r could not be stored: %s", session.client_id, topic, exc
+                )
+        await self._broadcast_message(session, topic, payload, qos)
+        if retain:
+            await self.retain_message(session, topic, payload, qos)
+
+    # --- offline sessions ----------------------------------------------------------------------
+
+    async def _retain_broadcast_message(
+        self, broadcast: dict[str, Any], qos: int, target_session: Session
+    ) -> None:
+        # amqtt queued every message for an offline session without bound.
+        limit = self._limits.limits.max_queued_messages
+        if target_session.retained_messages.qsize() >= limit:
+            self._limits.queued_dropped += 1
+            self._log_limit(
+                "dropped a message for offline client %s: %d queued (broker.limits.max_queued_messages)",
+                target_session.client_id,
+                limit,
+            )
+            return
+        await super()._retain_broadcast_message(broadcast, qos, target_session)
+
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        # The messages queued while the session was offline, checked against the ACL when
+        # delivered, and sent as ordinary deliveries: amqtt set RETAIN on them (MQTT-3.3.1-9
+        # says it must be 0 for a message matching an established subscription).
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        principal = principal_of(session)
+        queue = session.retained_messages
+        deliveries = []
+        while not queue.empty():
+            queued = queue.get_nowait()
+            if not self._access.may_receive(principal, queued.topic):
+                logger.warning(
+                    "queued message on %r not delivered to client %s: not authorised",
+                    queued.topic,
+                    session.client_id,
+                )
+                continue
+            data = queued.data or b""
+            deliveries.append(handler.mqtt_publish(queued.topic, data, queued.qos, retain=False))
+        results = await asyncio.gather(*deliveries, return_exceptions=True)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            logger.warning(
+                "%d queued message(s) not delivered to client %s: %s",
+                len(failures),
+                session.client_id,
+                failures[0],
+            )
+
+    # --- security ----------------------------------------------------------------------------
 
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
         principal = principal_of(session)
@@ -406,8 +679,19 @@ class HeadwaterBroker(Broker):
         # disk equal to memory whatever order concurrent publishers' writes happened in, and
         # covers will messages and Headwater's own retained status messages.
         if self._retained_store is not None and topic_name is not None:
-            self._retained_store.put(topic_name, bytes(data or b""), qos or 0)
+            try:
+                self._retained_store.put(topic_name, bytes(data or b""), qos or 0)
+            except StorageError as exc:
+                # The client's own publish was written before its PUBACK; this write only keeps
+                # disk and memory in the same order. Failing it must not end the client's loop.
+                self._retained_write_failures += 1
+                self._log_limit("could not store the retained message of %r: %s", topic_name, exc)
         await super().retain_message(source_session, topic_name, data, qos)
+
+    @property
+    def retained_write_failures(self) -> int:
+        """Retained messages kept in memory that could not be written to disk (since start)."""
+        return self._retained_write_failures
 
 
 def _server_ssl_context(listener: ListenerConfig) -> ssl.SSLContext | None:
@@ -453,3 +737,10 @@ def _close_transport(writer: WriterAdapter) -> None:
         stream = writer._writer  # noqa: SLF001 - amqtt keeps no public handle on it
         if not stream.is_closing():
             stream.close()
+
+
+async def _close_quietly(writer: WriterAdapter) -> None:
+    """Close a connection that is being refused; the peer may already be gone."""
+    _close_transport(writer)
+    with contextlib.suppress(OSError, ConnectionError, TimeoutError):
+        await asyncio.wait_for(writer.close(), timeout=1)

@@ -20,8 +20,16 @@ def _unique(prefix: str) -> str:
     return f"{prefix}/{uuid.uuid4().hex[:10]}"
 
 
-def test_anonymous_is_refused_when_disabled(headwater_factory: BrokerFactory) -> None:
-    broker = headwater_factory("broker: {allow_anonymous: false}")
+def _password_file(directory: Path, *users: str) -> Path:
+    path = directory / "passwd"
+    for user in users:
+        set_password(path, user, f"{user}-secret")
+    return path
+
+
+def test_anonymous_is_refused_when_disabled(headwater_factory: BrokerFactory, tmp_path: Path) -> None:
+    passwords = _password_file(tmp_path, "alice")
+    broker = headwater_factory(f"broker: {{allow_anonymous: false, password_file: {passwords}}}")
     with pytest.raises(subprocess.CalledProcessError) as refused:
         mosquitto_sub_once(broker.port, "#", timeout=2)
     assert "not authorised" in refused.value.stderr.lower()
@@ -29,14 +37,16 @@ def test_anonymous_is_refused_when_disabled(headwater_factory: BrokerFactory) ->
     assert refused_pub.returncode != 0
 
 
-def test_a_listener_can_have_its_own_anonymous_rule(headwater_factory: BrokerFactory) -> None:
+def test_a_listener_can_have_its_own_anonymous_rule(headwater_factory: BrokerFactory, tmp_path: Path) -> None:
+    passwords = _password_file(tmp_path, "alice")
     broker = headwater_factory(
-        """
+        f"""
         broker:
           allow_anonymous: false
+          password_file: {passwords}
           listeners:
-            default: {bind: "127.0.0.1:0"}
-            health: {bind: "127.0.0.1:0", allow_anonymous: true}
+            default: {{bind: "127.0.0.1:0"}}
+            health: {{bind: "127.0.0.1:0", allow_anonymous: true}}
         """
     )
     default, health = (bound.port for bound in broker.app.bound)

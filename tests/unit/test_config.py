@@ -248,7 +248,10 @@ def test_leading_zero_is_not_octal(tmp_path: Path) -> None:
         ),
         (
             {"broker": {"listners": {}}},
-            "broker.listners: unknown key (expected one of: acl, allow_anonymous, listeners, password_file)",
+            (
+                "broker.listners: unknown key "
+                "(expected one of: acl, allow_anonymous, limits, listeners, password_file)"
+            ),
         ),
         (
             {"broker": {"listeners": {"a": {"bind": "127.0.0.1:1", "port": 2}}}},
@@ -303,7 +306,8 @@ def test_keys_of_another_export_type_are_refused() -> None:
 
 def test_a_key_with_a_newline_is_quoted() -> None:
     assert error_of({"broker": {"a\nb": 1}}) == (
-        "broker.'a\\nb': unknown key (expected one of: acl, allow_anonymous, listeners, password_file)"
+        "broker.'a\\nb': unknown key "
+        "(expected one of: acl, allow_anonymous, limits, listeners, password_file)"
     )
 
 
@@ -681,7 +685,8 @@ def test_multi_level_topic_prefix() -> None:
     ],
 )
 def test_good_binds(bind: str, host: str, port: int) -> None:
-    listener = parse_config({"broker": {"listeners": {"l": {"bind": bind}}}}, source="t").broker.listeners[0]
+    data = {"broker": {"listeners": {"l": {"bind": bind}}, "password_file": "pw"}}
+    listener = parse_config(data, source="t").broker.listeners[0]
     assert (listener.host, listener.port) == (host, port)
 
 
@@ -724,7 +729,7 @@ def test_overlapping_listeners(first: str, second: str) -> None:
     [("127.0.0.1:0", "127.0.0.1:0"), ("0.0.0.0:1883", "[::]:1883"), ("127.0.0.1:1883", "127.0.0.2:1883")],
 )
 def test_listeners_that_can_coexist(first: str, second: str) -> None:
-    data = {"broker": {"listeners": {"a": {"bind": first}, "b": {"bind": second}}}}
+    data = {"broker": {"listeners": {"a": {"bind": first}, "b": {"bind": second}}, "password_file": "pw"}}
     assert len(parse_config(data, source="t").broker.listeners) == 2
 
 
@@ -756,14 +761,15 @@ def test_anonymous_defaults_to_true_on_loopback_only() -> None:
 
 def test_anonymous_defaults_to_false_when_any_listener_is_not_loopback() -> None:
     listeners = {"a": {"bind": "127.0.0.1:1883"}, "b": {"bind": "0.0.0.0:1884"}}
-    broker = parse_config({"broker": {"listeners": listeners}}, source="t").broker
+    broker = parse_config({"broker": {"listeners": listeners, "password_file": "pw"}}, source="t").broker
     assert broker.allow_anonymous is False
     assert broker.allow_anonymous_explicit is False
 
 
 @pytest.mark.parametrize("value", [True, False])
 def test_anonymous_written_out_is_explicit(value: bool) -> None:
-    data = {"broker": {"listeners": {"a": {"bind": "0.0.0.0:1883"}}, "allow_anonymous": value}}
+    listeners = {"a": {"bind": "0.0.0.0:1883"}}
+    data = {"broker": {"listeners": listeners, "allow_anonymous": value, "password_file": "pw"}}
     broker = parse_config(data, source="t").broker
     assert broker.allow_anonymous is value
     assert broker.allow_anonymous_explicit is True
@@ -782,7 +788,7 @@ def pem_files(tmp_path: Path) -> dict[str, str]:
 
 
 def tls_listener(tls: dict[str, object]) -> dict[str, object]:
-    return {"broker": {"listeners": {"secure": {"bind": "0.0.0.0:8883", "tls": tls}}}}
+    return {"broker": {"listeners": {"secure": {"bind": "0.0.0.0:8883", "tls": tls}}, "password_file": "pw"}}
 
 
 def test_tls_listener(pem_files: dict[str, str]) -> None:
