@@ -256,7 +256,7 @@ def test_leading_zero_is_not_octal(tmp_path: Path) -> None:
         ),
         (
             {"broker": {"acl": {"bob": {"read": ["#"]}}}},
-            "broker.acl.bob.read: unknown key (expected one of: publish, subscribe)",
+            "broker.acl.bob.read: unknown key (expected one of: client_ids, publish, streams, subscribe)",
         ),
         (
             {"aws": {"endpoints": {"sqs": "http://localhost:4566"}}},
