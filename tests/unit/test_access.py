@@ -274,7 +274,7 @@ def test_empty_client_ids_list_allows_no_client_id() -> None:
 def test_client_id_placeholder_refuses_shape_changing_usernames(username: str) -> None:
     policy = AccessPolicy({username: TopicACL(client_ids=("%u", "%u-*", "fixed"))})
     assert policy.may_use_client_id(username, "fixed")
-    # "a*" substituted would have become a wildcard matching "a-anything".
+    # Such a username never substitutes, not even as literal text (as with topic filters).
     for client_id in (username, f"{username}-1", "a-anything", "aX", "-1"):
         assert not policy.may_use_client_id(username, client_id)
 
