@@ -28,17 +28,34 @@ Rules:
 included: a granted subscription such as ``#`` does not grant the ``$SYS`` topics, and the
 broker must still check each delivered topic.
 
+Name patterns (``client_ids`` and the stream API rights, ``streams: {read, append, admin}``)
+match a whole name: ``*`` matches any run of characters (none included), ``?`` exactly one,
+``%u`` the username, every other character itself. ``%u`` follows the rules of topic filters
+(never the anonymous entry, nor an empty username), and a username holding ``/``, ``+``,
+``#``, ``*``, ``?`` or U+0000 never substitutes. Matching takes time linear in the name's
+length times the pattern's (no backtracking regex: client ids come from the network).
+
+- :meth:`AccessPolicy.may_use_client_id`: true without an ACL or when the user's entry has no
+  ``client_ids``; false for a user without an entry; otherwise one pattern must match.
+- :meth:`AccessPolicy.stream_grant`: the user's *listed* stream API right, the building block of
+  :class:`headwater.broker.stream_rights.StreamRights` (which adds the defaults derived from
+  topic rules). A name in :data:`PROTECTED_STREAMS` (the upload plugin's ``dead-letter``
+  stream, which holds records of every stream) is granted only by a pattern that is exactly that
+  name: never by a wildcard or ``%u``.
+
 Exceptions::
 
-    ValueError
+    ValueError                  an ACL name pattern is invalid (the message names the entry)
      └── InvalidTopicError      (headwater.broker.topics) an ACL filter is invalid
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final, Literal, TypeAlias
 
 from headwater.broker.config import TopicACL
 from headwater.broker.topics import (
@@ -51,23 +68,35 @@ from headwater.broker.topics import (
 
 __all__ = [
     "ANONYMOUS",
+    "PROTECTED_STREAMS",
     "AccessPolicy",
     "AccessPolicyStatistics",
+    "StreamRight",
 ]
 
 #: The ACL key for clients that connected without a username.
 ANONYMOUS = "anonymous"
 
+#: The stream API rights an ACL entry lists under ``streams``.
+StreamRight: TypeAlias = Literal["read", "append", "admin"]
+
+#: Streams that only a pattern spelling out their name grants: ``dead-letter`` (the name the
+#: upload plugin gives the stream of records AWS refused; it holds records of every stream).
+PROTECTED_STREAMS: Final = frozenset({"dead-letter"})
+
 _USERNAME_PLACEHOLDER = "%u"
 # A username holding one of these would change the shape of a %u filter.
 _UNSAFE_IN_PLACEHOLDER = frozenset("/+#\x00")
+# ... or of a %u name pattern.
+_UNSAFE_IN_NAME_PLACEHOLDER = frozenset("/+#*?\x00")
+_NAME_PATTERN_PIECE: Final = re.compile(r"%u|%|\*|\?|[^%*?]+")
 
 
 @dataclass(frozen=True, slots=True)
 class AccessPolicyStatistics:
-    """Decision-cache counters, summed over publish, subscribe and receive.
+    """Decision-cache counters, summed over publish, subscribe, receive and client ids.
 
-    ``cache_entries`` is at most three times ``cache_size`` (one cache per kind of decision).
+    ``cache_entries`` is at most four times ``cache_size`` (one cache per kind of decision).
     """
 
     restricted: bool
@@ -79,12 +108,84 @@ class AccessPolicyStatistics:
 
 
 @dataclass(frozen=True, slots=True)
+class _NamePattern:
+    """One name pattern with ``%u`` substituted: fixed-length segments between the ``*``s.
+
+    Each segment is a regex of literal characters and ``.`` (for ``?``) that can only match
+    its own length, so finding the segments left to right (the first one at the start, the
+    last one at the end) decides a match without backtracking.
+    """
+
+    segments: tuple[re.Pattern[str], ...]
+    lengths: tuple[int, ...]
+    # The pattern when it has no wildcard (only such a pattern grants a protected stream).
+    literal: str | None
+
+    def matches(self, name: str) -> bool:
+        segments, lengths = self.segments, self.lengths
+        if len(segments) == 1:
+            return segments[0].fullmatch(name) is not None
+        start, end = lengths[0], len(name) - lengths[-1]
+        if end < start or segments[0].match(name) is None or segments[-1].fullmatch(name, end) is None:
+            return False
+        for segment, length in zip(segments[1:-1], lengths[1:-1], strict=True):
+            found = segment.search(name, start, end)
+            if found is None:
+                return False
+            start = found.start() + length
+        return True
+
+
+def _compile_name_pattern(raw: str, username: str | None, where: str) -> _NamePattern | None:
+    """``raw`` compiled, or ``None`` when its ``%u`` cannot apply to ``username``.
+
+    Raises :class:`ValueError` naming ``where`` when ``raw`` is empty or holds another ``%``.
+    """
+    if not raw:
+        msg = f"{where}: a name pattern must not be empty"
+        raise ValueError(msg)
+    # Per segment: its regex parts and the length of the text it matches.
+    parts: list[list[str]] = [[]]
+    lengths = [0]
+    spelled_out = True  # no wildcard, no %u
+    for piece in _NAME_PATTERN_PIECE.findall(raw):
+        if piece == _USERNAME_PLACEHOLDER:
+            if not username or not _UNSAFE_IN_NAME_PLACEHOLDER.isdisjoint(username):
+                return None
+            spelled_out = False
+            parts[-1].append(re.escape(username))
+            lengths[-1] += len(username)
+        elif piece == "%":
+            msg = f"{where}: '%' must be followed by 'u' (%u is the username), got {raw!r}"
+            raise ValueError(msg)
+        elif piece == "*":
+            spelled_out = False
+            parts.append([])
+            lengths.append(0)
+        elif piece == "?":
+            spelled_out = False
+            parts[-1].append(".")
+            lengths[-1] += 1
+        else:
+            parts[-1].append(re.escape(piece))
+            lengths[-1] += len(piece)
+    return _NamePattern(
+        segments=tuple(re.compile("".join(segment), re.DOTALL) for segment in parts),
+        lengths=tuple(lengths),
+        literal=raw if spelled_out else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class _UserRules:
     """One ACL entry, compiled: ``%u`` substituted, filters validated and indexed."""
 
     publish: TopicFilterIndex[str]
     subscribe: TopicFilterIndex[str]
     subscribe_filters: tuple[str, ...]
+    client_ids: tuple[_NamePattern, ...] | None
+    # Per right: the compiled patterns, or None for "not listed" (StreamRights derives it).
+    streams: Mapping[StreamRight, tuple[_NamePattern, ...] | None]
 
 
 def _substitute(filter_: str, username: str | None) -> str | None:
@@ -128,7 +229,30 @@ def _compile_entry(key: str, entry: TopicACL) -> _UserRules:
     subscribe: TopicFilterIndex[str] = TopicFilterIndex()
     for filter_ in subscribe_filters:
         subscribe.add(filter_, filter_)
-    return _UserRules(publish=publish, subscribe=subscribe, subscribe_filters=subscribe_filters)
+    username = None if key == ANONYMOUS else key
+    return _UserRules(
+        publish=publish,
+        subscribe=subscribe,
+        subscribe_filters=subscribe_filters,
+        client_ids=_compile_patterns(f"acl.{key}.client_ids", entry.client_ids, username),
+        streams={
+            "read": _compile_patterns(f"acl.{key}.streams.read", entry.stream_read, username),
+            "append": _compile_patterns(f"acl.{key}.streams.append", entry.stream_append, username),
+            "admin": _compile_patterns(f"acl.{key}.streams.admin", entry.stream_admin, username),
+        },
+    )
+
+
+def _compile_patterns(
+    where: str, patterns: tuple[str, ...] | None, username: str | None
+) -> tuple[_NamePattern, ...] | None:
+    """Compile one list of name patterns; ``None`` (the key absent) stays ``None``."""
+    if patterns is None:
+        return None
+    compiled = (
+        _compile_name_pattern(raw, username, f"{where}[{position}]") for position, raw in enumerate(patterns)
+    )
+    return tuple(pattern for pattern in compiled if pattern is not None)
 
 
 def _is_topic_name(topic: str) -> bool:
@@ -151,7 +275,8 @@ class AccessPolicy:
     """Answers the three ACL questions for a (username, topic) pair; see the module docstring.
 
     Built once from the config's ``broker.acl``; raises :class:`InvalidTopicError` naming the
-    entry (``acl.alice.publish[2]``) when a filter is invalid. Immutable afterwards. Decisions
+    entry (``acl.alice.publish[2]``) when a filter is invalid, :class:`ValueError` naming it
+    (``acl.alice.client_ids[0]``) when a name pattern is. Immutable afterwards. Decisions
     are cached per kind in an LRU of ``cache_size`` entries (``0`` disables caching); the cache
     is thread-safe, and a decision never depends on earlier ones.
     """
@@ -161,6 +286,7 @@ class AccessPolicy:
         "_may_publish",
         "_may_receive",
         "_may_subscribe",
+        "_may_use_client_id",
         "_rules",
     )
 
@@ -176,6 +302,7 @@ class AccessPolicy:
         self._may_publish = cache(self._decide_publish)
         self._may_subscribe = cache(self._decide_subscribe)
         self._may_receive = cache(self._decide_receive)
+        self._may_use_client_id = cache(self._decide_client_id)
 
     @property
     def restricted(self) -> bool:
@@ -197,10 +324,41 @@ class AccessPolicy:
         """
         return self._may_receive(username, topic)
 
+    def may_use_client_id(self, username: str | None, client_id: str) -> bool:
+        """Tell whether the client ``username`` may connect with the client id ``client_id``.
+
+        True without an ACL, or when the user's entry has no ``client_ids``; false for a user
+        without an entry; otherwise true iff one of the entry's patterns matches all of
+        ``client_id``.
+        """
+        return self._may_use_client_id(username, client_id)
+
+    def stream_grant(self, username: str | None, right: StreamRight, stream: str) -> bool | None:
+        """The stream API right ``right`` on ``stream`` as the user's entry *lists* it.
+
+        True without an ACL; false for a user without an entry; ``None`` when the entry does not
+        list ``right`` (``streams.read`` / ``streams.append`` absent: the caller derives the right
+        from the topic rules, see :class:`headwater.broker.stream_rights.StreamRights`); else
+        whether a listed pattern matches ``stream``. A stream in :data:`PROTECTED_STREAMS` is
+        matched only by a pattern that spells out its name. Not cached (its caller caches).
+        """
+        if self._rules is None:
+            return True
+        rules = self._rules.get(ANONYMOUS if username is None else username)
+        if rules is None:
+            return False
+        patterns = rules.streams[right]
+        if patterns is None:
+            return None
+        if stream in PROTECTED_STREAMS:
+            return any(pattern.literal == stream for pattern in patterns)
+        return any(pattern.matches(stream) for pattern in patterns)
+
     def statistics(self) -> AccessPolicyStatistics:
         """Return the number of ACL entries and the decision caches' counters."""
         infos = [
-            decide.cache_info() for decide in (self._may_publish, self._may_subscribe, self._may_receive)
+            decide.cache_info()
+            for decide in (self._may_publish, self._may_subscribe, self._may_receive, self._may_use_client_id)
         ]
         return AccessPolicyStatistics(
             restricted=self._rules is not None,
@@ -237,7 +395,10 @@ class AccessPolicy:
         rules = self._rules.get(ANONYMOUS if username is None else username)
         return rules is not None and rules.subscribe.has_match(topic)
 
-    def may_use_client_id(self, username: str | None, client_id: str) -> bool:
-        """Placeholder until the ACL's client_ids land: every client id is allowed."""
-        del username, client_id
-        return True
+    def _decide_client_id(self, username: str | None, client_id: str) -> bool:
+        if self._rules is None:
+            return True
+        rules = self._rules.get(ANONYMOUS if username is None else username)
+        if rules is None:
+            return False
+        return rules.client_ids is None or any(pattern.matches(client_id) for pattern in rules.client_ids)

@@ -132,10 +132,22 @@ class ListenerConfig:
 
 @dataclass(frozen=True, slots=True)
 class TopicACL:
-    """The topic filters one user may publish to and subscribe to."""
+    """One user's ACL entry (``broker.acl.<user>``).
+
+    ``publish`` / ``subscribe``: the topic filters the user may publish to and subscribe to.
+    ``client_ids``: name patterns (``*``, ``?``, ``%u``) one of which the client id must match;
+    ``None`` (the key absent) binds no client id. ``stream_read``, ``stream_append`` and
+    ``stream_admin`` (YAML: ``streams: {read, append, admin}``): stream name patterns granting
+    those stream API rights; ``None`` (``read`` / ``append`` absent) derives the right from the
+    topic rules, ``admin`` defaults to none. headwater.broker.stream_rights has the rules.
+    """
 
     publish: tuple[str, ...] = ()
     subscribe: tuple[str, ...] = ()
+    client_ids: tuple[str, ...] | None = None
+    stream_read: tuple[str, ...] | None = None
+    stream_append: tuple[str, ...] | None = None
+    stream_admin: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -958,13 +970,58 @@ def _listeners(broker: _Section) -> tuple[ListenerConfig, ...]:
 # --- sections -----------------------------------------------------------------------------------
 
 
+# Name patterns (client ids, stream names): `*` any run of characters, `?` one character, `%u`
+# the username; any other `%` is refused (kept free for more placeholders, as mosquitto's %c).
+_NAME_PATTERN_TOKEN: Final = re.compile(r"%u|%|[^%]+")
+_STREAM_PATTERN_TEXT: Final = re.compile(r"[A-Za-z0-9_.*?-]*")
+
+
+def _name_pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` is no valid name pattern (client id or stream), or ``None``."""
+    if not pattern:
+        return "must not be empty"
+    if "\0" in pattern:
+        return f"must not contain U+0000, got {pattern!r}"
+    if "%" in _NAME_PATTERN_TOKEN.findall(pattern):
+        return f"'%' must be followed by 'u' (%u is the username), got {pattern!r}"
+    return None
+
+
+def _client_id_pattern(value: object, path: str) -> str:
+    pattern = _str(value, path)
+    problem = _name_pattern_problem(pattern)
+    if problem is not None:
+        raise ConfigError(path, problem)
+    return pattern
+
+
+def _stream_pattern(value: object, path: str) -> str:
+    pattern = _str(value, path)
+    problem = _name_pattern_problem(pattern)
+    if problem is None and not _STREAM_PATTERN_TEXT.fullmatch(pattern.replace("%u", "")):
+        problem = (
+            f"invalid stream name pattern {pattern!r} (expected letters, digits, _ . - "
+            "and the wildcards * and ?, %u for the username)"
+        )
+    if problem is not None:
+        raise ConfigError(path, problem)
+    return pattern
+
+
 def _acl(value: object, path: str) -> dict[str, TopicACL]:
     acl: dict[str, TopicACL] = {}
     for user, rules, user_path in _Section(value, path, keys=None).entries(what="user", pattern=None):
-        section = _Section(rules, user_path, ("publish", "subscribe"))
+        section = _Section(rules, user_path, ("publish", "subscribe", "client_ids", "streams"))
+        # A stream right whose key is absent (or null) keeps its default: read and append are
+        # derived from the topic rules, admin is none. Written as [], it is none.
+        streams = section.section("streams", ("read", "append", "admin"))
         acl[user] = TopicACL(
             publish=section.get("publish", _list_of(_topic_filter), ()),
             subscribe=section.get("subscribe", _list_of(_topic_filter), ()),
+            client_ids=section.optional("client_ids", _list_of(_client_id_pattern)),
+            stream_read=streams.optional("read", _list_of(_stream_pattern)),
+            stream_append=streams.optional("append", _list_of(_stream_pattern)),
+            stream_admin=streams.get("admin", _list_of(_stream_pattern), ()),
         )
     return acl
 

@@ -80,28 +80,36 @@ details are in Headwater's log).
 Access control
 --------------
 
-The API never lets a user do what plain MQTT would not let them do:
+The API never lets a user read data it could not read, send data where it could not, or destroy
+data it does not administer. Per stream it checks three rights that the ACL entry lists under
+``streams: {read, append, admin}`` as stream name patterns, or that are derived from topic rules
+when the entry does not list them (:mod:`headwater.broker.stream_rights` has the rules; without
+an ACL everything is allowed):
 
 * Every request needs the right to *publish* to its request topic (the broker checks that
   before the API sees the request). E.g. ``publish: ["headwater/streams/+/read"]``.
-* ``read`` of stream S needs the right to *subscribe* to ``<prefix>/streams/S/records`` (a
-  topic nothing is published to; it names the stream's records in the ACL).
-* ``describe`` of S needs the right to subscribe to ``<prefix>/streams/S/status``, the retained
-  topic that carries the same object; ``_list`` shows only such streams.
-* ``append`` with an explicit ``topic`` needs the right to publish to that topic.
-* ``create`` and ``update`` need the right to subscribe to each of the stream's ``topics``
-  (a stream is a recording of those topics).
-* ``export`` (pause/resume) of S needs the right to subscribe to S's status topic, like
-  ``describe``, besides the right to publish to ``<prefix>/streams/S/export``.
+* ``read`` and ``describe`` of stream S need the ``read`` right on S (derived: the right to
+  *subscribe* to ``<prefix>/streams/S/records`` for read, to ``<prefix>/streams/S/status`` for
+  describe); ``_list`` shows only the streams the requester may describe.
+* ``append`` to S needs the ``append`` right on S (derived: the right to publish the request),
+  and, with an explicit ``topic``, the right to publish to that topic.
+* ``create`` and ``update`` of S need the ``admin`` right on S, the right to subscribe to each
+  of the stream's ``topics`` (a stream is a recording of those topics) and, when the config has
+  ``exports``, the ``read`` right on S (an export sends the stream's records out).
+* ``delete`` of S and ``export`` (pause/resume) of S's exports need the ``admin`` right on S.
+* ``admin`` is never derived: only a pattern under ``streams.admin`` grants it.
+* ``dead-letter`` (the upload plugin's stream of refused records, holding records of every
+  stream) is granted only by a pattern that is exactly ``dead-letter``: not by ``*``, not by
+  ``%u``, not by a derived right.
 * ``reply_to`` must be a topic the requester may both *publish* to and *receive* (subscribe
   to), outside ``<prefix>/streams/``, not starting with ``$``: Headwater publishes there on the
   requester's behalf and must not become a way to inject messages into someone else's topic.
   A request whose ``reply_to`` fails this can't be answered: it is dropped, counted
   (:attr:`StreamsApiStatistics.unanswerable`) and logged.
 
-Refusals of the first kind come back as ``forbidden`` errors. A request without a usable
-``reply_to`` (payload not a JSON object, ``reply_to`` missing or refused) is unanswerable: it is
-not executed.
+The other refusals come back as ``forbidden`` errors naming the right or the topic. A request
+without a usable ``reply_to`` (payload not a JSON object, ``reply_to`` missing or refused) is
+unanswerable: it is not executed.
 
 Concurrency and ordering
 ------------------------
@@ -135,6 +143,7 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
 from headwater.broker.access import AccessPolicy
 from headwater.broker.config import ConfigError, StreamConfig, parse_stream_config
+from headwater.broker.stream_rights import StreamAction, StreamRights
 from headwater.broker.topics import InvalidTopicError, validate_topic_name
 from headwater.plugins.streams.service import (
     InvalidStreamRequestError,
@@ -547,14 +556,17 @@ def encode_error(request_id: RequestId, error_type: ErrorType, message: str) -> 
 class RequestPermissions:
     """The API's access rules (module docstring, *Access control*) for one topic prefix.
 
-    ``access`` answers subscribe/receive; ``gate`` answers publish (the broker's own publish
-    decision, which also refuses Headwater's reserved status topics).
+    ``access`` answers subscribe/receive and, through
+    :class:`~headwater.broker.stream_rights.StreamRights`, the stream rights; ``gate`` answers
+    publish (the broker's own publish decision, which also refuses Headwater's reserved status
+    topics).
     """
 
     def __init__(self, *, prefix: str, access: AccessPolicy, gate: PublishGate) -> None:
         self._prefix = prefix
         self._access = access
         self._gate = gate
+        self._rights = StreamRights(access, topic_prefix=prefix)
 
     def check_reply_to(self, username: str | None, reply_to: str) -> None:
         """Raise :class:`UnanswerableRequestError` unless the requester may be answered there."""
@@ -574,24 +586,20 @@ class RequestPermissions:
             raise UnanswerableRequestError(msg)
 
     def may_describe(self, username: str | None, stream: str) -> bool:
-        """Subscribe rights on the stream's status topic."""
-        return self._access.may_subscribe(username, f"{self._prefix}/streams/{stream}/status")
+        """The ``read`` right on ``stream`` as describe (and ``_list``) use it."""
+        return self._rights.may(username, "describe", stream)
 
     def may_read(self, username: str | None, stream: str) -> bool:
-        """Subscribe rights on ``<prefix>/streams/<stream>/records``."""
-        return self._access.may_subscribe(username, f"{self._prefix}/streams/{stream}/records")
+        """The ``read`` right on ``stream``."""
+        return self._rights.may(username, "read", stream)
 
     def check(self, username: str | None, request: Request) -> None:
         """Raise :class:`RequestError` (``forbidden``) when ``username`` may not do ``request``."""
         who = "anonymous clients" if username is None else f"user {username!r}"
-        if isinstance(request, DescribeRequest | ExportSwitchRequest) and not self.may_describe(
-            username, request.stream
-        ):
-            topic = f"{self._prefix}/streams/{request.stream}/status"
-            raise RequestError("forbidden", f"{who} may not subscribe to {topic}")
-        if isinstance(request, ReadRequest) and not self.may_read(username, request.stream):
-            topic = f"{self._prefix}/streams/{request.stream}/records"
-            raise RequestError("forbidden", f"{who} may not subscribe to {topic}")
+        for action, stream in _stream_actions(request):
+            reason = self._rights.refusal(username, action, stream)
+            if reason is not None:
+                raise RequestError("forbidden", f"{who} {reason}")
         if (
             isinstance(request, AppendRequest)
             and request.topic is not None
@@ -602,6 +610,30 @@ class RequestPermissions:
             for filter_ in request.config.topics:
                 if not self._access.may_subscribe(username, filter_):
                     raise RequestError("forbidden", f"{who} may not subscribe to {filter_}")
+
+
+def _stream_actions(request: Request) -> tuple[tuple[StreamAction, str], ...]:
+    """The stream rights ``request`` needs, in the order they are checked."""
+    actions: tuple[tuple[StreamAction, str], ...] = ()
+    match request:
+        case DescribeRequest():
+            actions = (("describe", request.stream),)
+        case ReadRequest():
+            actions = (("read", request.stream),)
+        case AppendRequest():
+            actions = (("append", request.stream),)
+        case CreateRequest() | UpdateRequest():
+            name = request.config.name
+            actions = (("admin", name),)
+            # Exports send the stream's records out of the gateway (the stored ones too, from
+            # `start: oldest`): only someone who may read them may set exports.
+            if request.config.exports:
+                actions = (*actions, ("read", name))
+        case DeleteRequest() | ExportSwitchRequest():
+            actions = (("admin", request.stream),)
+        case ListRequest():
+            pass  # each stream's describe right filters the list
+    return actions
 
 
 # --------------------------------------------------------------------------------------------

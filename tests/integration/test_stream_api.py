@@ -445,6 +445,9 @@ def secured(headwater_factory: BrokerFactory, tmp_path: Path) -> ApiBroker:
         "dashboard": {
             "publish": ["headwater/streams/#", "headwater/replies/%u/#"],
             "subscribe": ["headwater/streams/telemetry/#", "headwater/replies/%u/#", "sensors/#"],
+            # read and append keep their defaults (the topic rules); admin only of "spy", so
+            # that creating it gets as far as the topic check.
+            "streams": {"admin": ["spy"]},
         },
         "device": {"publish": ["sensors/%u/telemetry"], "subscribe": ["commands/%u/#"]},
         "watcher": {"publish": [], "subscribe": ["#"]},

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import fnmatch
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.broker.access import ANONYMOUS, AccessPolicy
+from headwater.broker.access import ANONYMOUS, PROTECTED_STREAMS, AccessPolicy
 from headwater.broker.config import TopicACL
+from headwater.broker.stream_rights import StreamRights
 from headwater.broker.topics import InvalidTopicError, filter_covers, topic_matches
+from headwater.plugins.upload.plugin import DEAD_LETTER_STREAM
 
 ACL = {
     ANONYMOUS: TopicACL(publish=("public/#",), subscribe=("public/#", "headwater/+/status")),
@@ -239,3 +244,196 @@ def test_policy_agrees_with_brute_force(
     # Nobody else gets anything from this ACL.
     assert not policy.may_publish("mallory", topic)
     assert not policy.may_receive("mallory", topic)
+
+
+# --- client ids -----------------------------------------------------------------------------
+
+
+def test_client_ids_without_acl_or_without_the_key_are_free() -> None:
+    assert AccessPolicy(None).may_use_client_id("anyone", "anything")
+    policy = AccessPolicy({"alice": TopicACL(publish=("#",))})
+    assert policy.may_use_client_id("alice", "whatever-she-likes")
+    assert not policy.may_use_client_id("mallory", "whatever")
+    assert not policy.may_use_client_id(None, "whatever")
+
+
+def test_client_id_patterns_match_the_whole_id() -> None:
+    policy = AccessPolicy({"bob": TopicACL(client_ids=("%u-*", "pump-??", "a*b*c", "exact"))})
+    for client_id in ("bob-", "bob-laptop", "pump-12", "abc", "a-b-c", "abbc", "abcbc", "exact"):
+        assert policy.may_use_client_id("bob", client_id), client_id
+    for client_id in ("bob", "xbob-1", "pump-1", "pump-123", "ab", "acb", "abcx", "exactly", "", "%u-1"):
+        assert not policy.may_use_client_id("bob", client_id), client_id
+
+
+def test_empty_client_ids_list_allows_no_client_id() -> None:
+    policy = AccessPolicy({"bob": TopicACL(client_ids=())})
+    assert not policy.may_use_client_id("bob", "bob-1")
+
+
+@pytest.mark.parametrize("username", ["a/b", "a+", "a#", "a*", "a?", "a\x00", ""])
+def test_client_id_placeholder_refuses_shape_changing_usernames(username: str) -> None:
+    policy = AccessPolicy({username: TopicACL(client_ids=("%u", "%u-*", "fixed"))})
+    assert policy.may_use_client_id(username, "fixed")
+    # Such a username never substitutes, not even as literal text (as with topic filters).
+    for client_id in (username, f"{username}-1", "a-anything", "aX", "-1"):
+        assert not policy.may_use_client_id(username, client_id)
+
+
+def test_client_id_placeholder_never_applies_to_anonymous() -> None:
+    policy = AccessPolicy({ANONYMOUS: TopicACL(client_ids=("%u-*", "guest-*"))})
+    assert policy.may_use_client_id(None, "guest-1")
+    assert not policy.may_use_client_id(None, "anonymous-1")
+    assert not policy.may_use_client_id(None, "-1")
+
+
+def test_client_id_matching_does_not_backtrack() -> None:
+    # Many stars against a long id that almost matches: polynomial for a backtracking regex.
+    policy = AccessPolicy({"bob": TopicACL(client_ids=("*a*a*a*a*a*a*a*a*b",))})
+    assert not policy.may_use_client_id("bob", "a" * 60_000)
+    assert policy.may_use_client_id("bob", "a" * 60_000 + "b")
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (TopicACL(client_ids=("ok", "")), "acl.bob.client_ids[1]: a name pattern must not be empty"),
+        (TopicACL(client_ids=("%c-1",)), "acl.bob.client_ids[0]: '%' must be followed by 'u'"),
+        (TopicACL(stream_admin=("a%",)), "acl.bob.streams.admin[0]: '%' must be followed by 'u'"),
+    ],
+)
+def test_invalid_name_patterns_are_refused_at_construction(entry: TopicACL, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AccessPolicy({"bob": entry})
+
+
+def test_client_id_decisions_are_cached() -> None:
+    policy = AccessPolicy({"bob": TopicACL(client_ids=("%u-*",))}, cache_size=4)
+    assert policy.may_use_client_id("bob", "bob-1")
+    assert policy.may_use_client_id("bob", "bob-1")
+    stats = policy.statistics()
+    assert (stats.cache_hits, stats.cache_misses) == (1, 1)
+
+
+@given(
+    pattern=st.text(alphabet="ab*?", max_size=8).filter(bool),
+    client_id=st.text(alphabet="ab", max_size=10),
+)
+@settings(max_examples=1000)
+def test_client_id_patterns_agree_with_fnmatch(pattern: str, client_id: str) -> None:
+    policy = AccessPolicy({"bob": TopicACL(client_ids=(pattern,))})
+    assert policy.may_use_client_id("bob", client_id) == fnmatch.fnmatchcase(client_id, pattern)
+
+
+# --- stream rights --------------------------------------------------------------------------
+
+STREAMS_ACL = {
+    "ops": TopicACL(
+        publish=("headwater/streams/#",),
+        subscribe=("headwater/streams/#",),
+        stream_read=("*",),
+        stream_append=("aggregates",),
+        stream_admin=("aggregates", "tmp-*", "%u-?"),
+    ),
+    # No streams key: read and append follow the topic rules, admin is none.
+    "topical": TopicACL(
+        publish=("headwater/streams/#",),
+        subscribe=("headwater/streams/telemetry/records", "headwater/streams/+/status"),
+    ),
+    "auditor": TopicACL(stream_read=("dead-letter",), stream_admin=("dead-*",)),
+    "dead": TopicACL(stream_read=("%u-letter",), stream_admin=("dead-lette?",)),
+}
+
+
+@pytest.fixture
+def rights() -> StreamRights:
+    return StreamRights(AccessPolicy(STREAMS_ACL), topic_prefix="headwater")
+
+
+def test_protected_streams_hold_the_upload_plugins_dead_letter_stream() -> None:
+    assert DEAD_LETTER_STREAM in PROTECTED_STREAMS
+
+
+def test_listed_rights(rights: StreamRights) -> None:
+    assert rights.may("ops", "read", "telemetry")
+    assert rights.may("ops", "describe", "telemetry")
+    assert rights.may("ops", "append", "aggregates")
+    assert not rights.may("ops", "append", "telemetry")
+    assert rights.may("ops", "admin", "tmp-1")
+    assert rights.may("ops", "admin", "ops-1")
+    assert not rights.may("ops", "admin", "ops-12")
+    assert not rights.may("ops", "admin", "telemetry")
+    assert rights.refusal("ops", "admin", "telemetry") == (
+        "may not administer stream 'telemetry' (not in its streams.admin)"
+    )
+    assert rights.refusal("ops", "append", "telemetry") == (
+        "may not append to stream 'telemetry' (not in its streams.append)"
+    )
+
+
+def test_rights_derived_from_topic_rules(rights: StreamRights) -> None:
+    assert rights.may("topical", "read", "telemetry")
+    assert (
+        rights.refusal("topical", "read", "audit") == "may not subscribe to headwater/streams/audit/records"
+    )
+    assert rights.may("topical", "describe", "audit")
+    assert rights.may("topical", "append", "audit")
+    # Admin is never derived, not even from publish rights on every request topic.
+    assert rights.refusal("topical", "admin", "audit") == (
+        "may not administer stream 'audit' (not in its streams.admin)"
+    )
+
+
+def test_a_topic_prefix_of_its_own() -> None:
+    access = AccessPolicy({"bob": TopicACL(subscribe=("hub/streams/+/records",))})
+    assert StreamRights(access, topic_prefix="hub").may("bob", "read", "x")
+    assert not StreamRights(access, topic_prefix="headwater").may("bob", "read", "x")
+
+
+def test_dead_letter_needs_a_pattern_spelling_it_out(rights: StreamRights) -> None:
+    for action in ("read", "describe", "append", "admin"):
+        for user in ("ops", "topical", "dead"):
+            assert not rights.may(user, action, "dead-letter"), (user, action)
+    assert rights.refusal("ops", "read", "dead-letter") == (
+        "may not read stream 'dead-letter' "
+        "(only 'dead-letter' itself in its streams.read grants it, no wildcard)"
+    )
+    assert rights.may("auditor", "read", "dead-letter")
+    assert rights.may("auditor", "describe", "dead-letter")
+    assert not rights.may("auditor", "admin", "dead-letter")  # dead-* is a wildcard
+    assert rights.may("auditor", "admin", "dead-letters")  # which still matches other names
+
+
+def test_without_acl_every_right_is_granted_dead_letter_included() -> None:
+    rights = StreamRights(AccessPolicy(None), topic_prefix="headwater")
+    for action in ("read", "describe", "append", "admin"):
+        assert rights.may(None, action, "dead-letter")
+        assert rights.may("anyone", action, "x")
+
+
+def test_users_without_entry_get_no_stream_rights(rights: StreamRights) -> None:
+    for action in ("read", "describe", "append", "admin"):
+        assert not rights.may("mallory", action, "telemetry")
+        assert not rights.may(None, action, "telemetry")
+
+
+def test_stream_rights_placeholder_follows_the_topic_rules() -> None:
+    acl = {
+        ANONYMOUS: TopicACL(stream_admin=("%u-*",), stream_read=()),
+        "a*": TopicACL(stream_admin=("%u",)),
+    }
+    rights = StreamRights(AccessPolicy(acl), topic_prefix="headwater")
+    assert not rights.may(None, "admin", "anonymous-1")
+    assert not rights.may("a*", "admin", "ab")
+    assert not rights.may("a*", "admin", "a*")
+
+
+def test_stream_rights_are_cached(rights: StreamRights) -> None:
+    assert rights.may("ops", "admin", "tmp-1")
+    assert rights.may("ops", "admin", "tmp-1")
+    stats = rights.statistics()
+    assert (stats.cache_hits, stats.cache_misses, stats.cache_entries) == (1, 1, 1)
+    uncached = StreamRights(AccessPolicy(STREAMS_ACL), topic_prefix="headwater", cache_size=0)
+    assert uncached.may("ops", "admin", "tmp-1")
+    assert uncached.statistics().cache_entries == 0
+    with pytest.raises(ValueError, match="cache_size"):
+        StreamRights(AccessPolicy(None), topic_prefix="headwater", cache_size=-1)

@@ -259,7 +259,7 @@ def test_leading_zero_is_not_octal(tmp_path: Path) -> None:
         ),
         (
             {"broker": {"acl": {"bob": {"read": ["#"]}}}},
-            "broker.acl.bob.read: unknown key (expected one of: publish, subscribe)",
+            "broker.acl.bob.read: unknown key (expected one of: client_ids, publish, streams, subscribe)",
         ),
         (
             {"aws": {"endpoints": {"sqs": "http://localhost:4566"}}},
@@ -1236,3 +1236,80 @@ def test_config_error_is_a_value_error_with_path_and_reason() -> None:
     assert isinstance(info.value, ConfigError)
     assert info.value.path == "streams.telemetry.max_size"
     assert info.value.reason == "must be at least 1KiB"
+
+
+# --- ACL: client ids and stream API rights -----------------------------------------------------
+
+
+def test_acl_client_ids_and_stream_rights() -> None:
+    acl = {
+        "ops": {
+            "publish": ["headwater/streams/#"],
+            "client_ids": ["%u-*", "pump-??"],
+            "streams": {"read": ["*"], "append": ["aggregates"], "admin": ["aggregates", "tmp-*"]},
+        },
+        "plain": {"publish": ["#"]},
+        "partial": {"streams": {"admin": ["%u-*"], "read": []}, "client_ids": []},
+        "nulls": {"streams": None, "client_ids": None},
+    }
+    parsed = parse_config({"broker": {"acl": acl}}, source="t").broker.acl
+    assert parsed is not None
+    ops = parsed["ops"]
+    assert ops.client_ids == ("%u-*", "pump-??")
+    assert (ops.stream_read, ops.stream_append, ops.stream_admin) == (
+        ("*",),
+        ("aggregates",),
+        ("aggregates", "tmp-*"),
+    )
+    # Absent (or null) keys keep their defaults: no client id binding, read/append derived
+    # from the topic rules (None), no admin right.
+    for user in ("plain", "nulls"):
+        entry = parsed[user]
+        assert (entry.client_ids, entry.stream_read, entry.stream_append, entry.stream_admin) == (
+            None,
+            None,
+            None,
+            (),
+        )
+    partial = parsed["partial"]
+    assert (partial.client_ids, partial.stream_read, partial.stream_append, partial.stream_admin) == (
+        (),
+        (),
+        None,
+        ("%u-*",),
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"streams": ["*"]}, "broker.acl.ops.streams: expected a mapping, got a list"),
+        (
+            {"streams": {"write": ["*"]}},
+            "broker.acl.ops.streams.write: unknown key (expected one of: admin, append, read)",
+        ),
+        ({"streams": {"admin": "tmp-*"}}, "broker.acl.ops.streams.admin: expected a list, got 'tmp-*'"),
+        ({"streams": {"admin": ["ok", ""]}}, "broker.acl.ops.streams.admin[1]: must not be empty"),
+        ({"streams": {"read": [3]}}, "broker.acl.ops.streams.read[0]: expected a string, got 3"),
+        (
+            {"streams": {"admin": ["a/b"]}},
+            (
+                "broker.acl.ops.streams.admin[0]: invalid stream name pattern 'a/b' "
+                "(expected letters, digits, _ . - and the wildcards * and ?, %u for the username)"
+            ),
+        ),
+        (
+            {"streams": {"append": ["%c-*"]}},
+            "broker.acl.ops.streams.append[0]: '%' must be followed by 'u' (%u is the username), got '%c-*'",
+        ),
+        ({"client_ids": "pump-*"}, "broker.acl.ops.client_ids: expected a list, got 'pump-*'"),
+        ({"client_ids": [""]}, "broker.acl.ops.client_ids[0]: must not be empty"),
+        ({"client_ids": ["a\0b"]}, "broker.acl.ops.client_ids[0]: must not contain U+0000, got 'a\\x00b'"),
+        (
+            {"client_ids": ["ok", "100%"]},
+            "broker.acl.ops.client_ids[1]: '%' must be followed by 'u' (%u is the username), got '100%'",
+        ),
+    ],
+)
+def test_acl_client_ids_and_stream_rights_errors(entry: dict[str, object], message: str) -> None:
+    assert error_of({"broker": {"acl": {"ops": entry}}}) == message

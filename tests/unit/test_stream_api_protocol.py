@@ -23,6 +23,7 @@ from headwater.plugins.streams.api import (
     CreateRequest,
     DeleteRequest,
     DescribeRequest,
+    ExportSwitchRequest,
     ListRequest,
     ReadRequest,
     Request,
@@ -265,6 +266,7 @@ ACL = {
     "operator": TopicACL(
         publish=("headwater/streams/#", "headwater/replies/%u/#", "sensors/#"),
         subscribe=("headwater/streams/#", "headwater/replies/%u/#", "sensors/#"),
+        stream_admin=("s", "tmp-*"),
     ),
     "dashboard": TopicACL(
         publish=("headwater/streams/+/read", "headwater/replies/%u/#", "alerts/#"),
@@ -346,8 +348,12 @@ def test_describe_needs_subscribe_rights_on_the_status_topic(permissions: Reques
 def test_append_topic_and_create_filters_need_plain_mqtt_rights(permissions: RequestPermissions) -> None:
     assert _forbidden(permissions, "operator", AppendRequest("s", b"x", topic="sensors/a")) is None
     assert _forbidden(permissions, "operator", AppendRequest("s", b"x")) is None
+    # The append right (derived: publishing the request) is checked first, then the topic.
     assert _forbidden(permissions, "dashboard", AppendRequest("s", b"x", topic="sensors/a")) == (
-        "user 'dashboard' may not publish to sensors/a"
+        "user 'dashboard' may not publish to headwater/streams/s/append"
+    )
+    assert _forbidden(permissions, None, AppendRequest("s", b"x", topic="sensors/a")) == (
+        "anonymous clients may not publish to sensors/a"
     )
     # Never a record that claims a reserved status topic.
     assert _forbidden(permissions, "operator", AppendRequest("s", b"x", topic="headwater/streams/s/status"))
@@ -358,8 +364,134 @@ def test_append_topic_and_create_filters_need_plain_mqtt_rights(permissions: Req
         _forbidden(permissions, "operator", UpdateRequest(everything))
         == "user 'operator' may not subscribe to #"
     )
-    assert _forbidden(permissions, None, CreateRequest(StreamConfig(name="s", topics=()))) is None
-    assert _forbidden(permissions, None, DeleteRequest("s")) is None
+    # Creating and deleting need the admin right, which no topic rule gives.
+    assert _forbidden(permissions, None, CreateRequest(StreamConfig(name="s", topics=()))) == (
+        "anonymous clients may not administer stream 's' (not in its streams.admin)"
+    )
+    assert _forbidden(permissions, None, DeleteRequest("s")) == (
+        "anonymous clients may not administer stream 's' (not in its streams.admin)"
+    )
+    assert _forbidden(permissions, "operator", DeleteRequest("s")) is None
+
+
+# --- stream rights per operation -------------------------------------------------------------
+
+RIGHTS_ACL = {
+    # The docs' example: reads everything (but dead-letter), appends to and administers a few.
+    "ops": TopicACL(
+        publish=("headwater/streams/#",),
+        subscribe=("headwater/streams/#", "sensors/#"),
+        stream_read=("*",),
+        stream_append=("aggregates",),
+        stream_admin=("aggregates", "tmp-*"),
+    ),
+    # May send update/delete/export requests, and read by topic rules, but administers nothing.
+    "updater": TopicACL(publish=("headwater/streams/#",), subscribe=("headwater/streams/#", "sensors/#")),
+    # Administers tmp-* but may read no stream: it may not set exports.
+    "janitor": TopicACL(
+        publish=("headwater/streams/#",), subscribe=("sensors/#",), stream_read=(), stream_admin=("tmp-*",)
+    ),
+    "auditor": TopicACL(publish=("headwater/streams/#",), stream_read=("dead-letter",)),
+}
+S3_EXPORT = {"exports": [{"id": "out", "type": "s3", "bucket": "somewhere-else"}]}
+
+
+@pytest.fixture
+def rights() -> RequestPermissions:
+    access = AccessPolicy(RIGHTS_ACL)
+    gate = PublishGate(access=access, reserved_filters=("headwater/streams/+/status",))
+    return RequestPermissions(prefix=PREFIX, access=access, gate=gate)
+
+
+def test_update_delete_and_export_switches_need_the_admin_right(rights: RequestPermissions) -> None:
+    exfiltrate = parse_stream_config("telemetry", {"topics": ["sensors/#"], **S3_EXPORT})
+    shrink = parse_stream_config("telemetry", {"topics": ["sensors/#"], "max_size": "1KiB"})
+    not_admin = "user 'updater' may not administer stream 'telemetry' (not in its streams.admin)"
+    assert _forbidden(rights, "updater", UpdateRequest(exfiltrate)) == not_admin
+    assert _forbidden(rights, "updater", UpdateRequest(shrink)) == not_admin
+    assert _forbidden(rights, "updater", DeleteRequest("telemetry")) == not_admin
+    assert _forbidden(rights, "updater", ExportSwitchRequest("telemetry", "out", enabled=False)) == not_admin
+    assert (
+        _forbidden(rights, "updater", CreateRequest(StreamConfig(name="telemetry", topics=()))) == not_admin
+    )
+    # It still reads by its topic rules.
+    assert _forbidden(rights, "updater", ReadRequest("telemetry")) is None
+    assert rights.may_describe("updater", "telemetry")
+
+
+def test_admins_administer_their_streams_only(rights: RequestPermissions) -> None:
+    aggregates = parse_stream_config("aggregates", {"topics": ["sensors/#"], **S3_EXPORT})
+    assert _forbidden(rights, "ops", UpdateRequest(aggregates)) is None
+    assert _forbidden(rights, "ops", CreateRequest(parse_stream_config("tmp-1", S3_EXPORT))) is None
+    assert _forbidden(rights, "ops", DeleteRequest("tmp-1")) is None
+    assert _forbidden(rights, "ops", ExportSwitchRequest("aggregates", "out", enabled=True)) is None
+    assert _forbidden(rights, "ops", DeleteRequest("telemetry")) == (
+        "user 'ops' may not administer stream 'telemetry' (not in its streams.admin)"
+    )
+    # Admin and still the topic rule: a stream records only what its admin may subscribe to.
+    assert _forbidden(rights, "ops", CreateRequest(StreamConfig(name="tmp-2", topics=("commands/#",)))) == (
+        "user 'ops' may not subscribe to commands/#"
+    )
+
+
+def test_exports_also_need_the_read_right(rights: RequestPermissions) -> None:
+    assert (
+        _forbidden(rights, "janitor", CreateRequest(StreamConfig(name="tmp-1", topics=("sensors/#",))))
+        is None
+    )
+    assert (
+        _forbidden(rights, "janitor", UpdateRequest(parse_stream_config("tmp-1", {"max_size": "1MiB"})))
+        is None
+    )
+    assert _forbidden(rights, "janitor", UpdateRequest(parse_stream_config("tmp-1", S3_EXPORT))) == (
+        "user 'janitor' may not read stream 'tmp-1' (not in its streams.read)"
+    )
+    assert _forbidden(rights, "janitor", CreateRequest(parse_stream_config("tmp-2", S3_EXPORT))) is not None
+
+
+def test_listed_read_and_append_rights_replace_the_topic_rules(rights: RequestPermissions) -> None:
+    assert _forbidden(rights, "ops", ReadRequest("anything")) is None
+    assert _forbidden(rights, "ops", AppendRequest("aggregates", b"x")) is None
+    assert _forbidden(rights, "ops", AppendRequest("telemetry", b"x")) == (
+        "user 'ops' may not append to stream 'telemetry' (not in its streams.append)"
+    )
+    # read: [] is no read right, whatever the topic rules say.
+    assert _forbidden(rights, "janitor", ReadRequest("sensors")) == (
+        "user 'janitor' may not read stream 'sensors' (not in its streams.read)"
+    )
+
+
+def test_dead_letter_needs_a_right_of_its_own(rights: RequestPermissions) -> None:
+    for request in (ReadRequest("dead-letter"), DescribeRequest("dead-letter")):
+        # Neither read: ["*"] nor subscribe rights on headwater/streams/# reach it.
+        for user in ("ops", "updater"):
+            message = _forbidden(rights, user, request)
+            assert message is not None
+            assert "(only 'dead-letter' itself in its streams.read grants it, no wildcard)" in message
+        assert _forbidden(rights, "auditor", request) is None
+    assert not rights.may_describe("ops", "dead-letter")
+    assert rights.may_describe("auditor", "dead-letter")
+    # An admin of "*"-like patterns cannot create it (with an export to its own bucket).
+    assert _forbidden(rights, "updater", AppendRequest("dead-letter", b"forged")) is not None
+    assert (
+        _forbidden(rights, "janitor", CreateRequest(StreamConfig(name="dead-letter", topics=()))) is not None
+    )
+
+
+def test_without_an_acl_every_stream_operation_is_allowed() -> None:
+    access = AccessPolicy(None)
+    gate = PublishGate(access=access, reserved_filters=("headwater/streams/+/status",))
+    open_permissions = RequestPermissions(prefix=PREFIX, access=access, gate=gate)
+    for request in (
+        ReadRequest("dead-letter"),
+        DescribeRequest("dead-letter"),
+        AppendRequest("dead-letter", b"x"),
+        CreateRequest(parse_stream_config("x", S3_EXPORT)),
+        UpdateRequest(parse_stream_config("dead-letter", S3_EXPORT)),
+        DeleteRequest("dead-letter"),
+        ExportSwitchRequest("x", "out", enabled=False),
+    ):
+        assert _forbidden(open_permissions, None, request) is None
 
 
 # --- the client's side ----------------------------------------------------------------------------
