@@ -267,3 +267,30 @@ def test_a_failed_login_leaves_a_clean_session_untouched_even_with_clean_flag(
             )
         mosquitto_pub(secured.port, topic, "after the attack", qos=1, **_creds("ops"))
         assert victim.wait_for(1)[0].text == "after the attack"
+
+
+def test_client_ids_in_the_acl_bind_a_user_to_its_devices(
+    headwater_factory: BrokerFactory, tmp_path: Path
+) -> None:
+    passwords = _users(tmp_path, "pump", "ops")
+    broker = headwater_factory(
+        f"""
+        broker:
+          allow_anonymous: false
+          password_file: {passwords}
+          acl:
+            pump: {{publish: ["sensors/%u/#"], subscribe: [], client_ids: ["%u-*"]}}
+            ops: {{publish: ["#"], subscribe: ["#"]}}
+        """
+    )
+    with RawClient(broker.port) as own:
+        assert own.connect("pump-7", username="pump", password="pump-secret") == 0
+    with RawClient(broker.port) as other:
+        # pump's password does not open another device's client id.
+        assert other.connect("valve-1", username="pump", password="pump-secret") == NOT_AUTHORISED
+    refused = mosquitto_pub(
+        broker.port, "sensors/pump/t", "x", client_id="ops-console", **_creds("pump"), check=False
+    )
+    assert b"not authorised" in refused.stderr.lower()
+    # A user without client_ids keeps any client id.
+    assert mosquitto_pub(broker.port, "a/b", "x", client_id="anything", **_creds("ops")).returncode == 0
