@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.fixtures.aws_faults",
     "tests.fixtures.docker_engine",
     "tests.fixtures.broker",
+    "tests.fixtures.disk",
     "tests.fixtures.image",
 ]
 

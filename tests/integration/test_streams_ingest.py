@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +36,7 @@ from headwater.plugins.streams.service import (
     StreamRejectedError,
 )
 from tests.fixtures.broker import BrokerFactory, InProcessBroker
+from tests.fixtures.disk import small_disk_free
 from tests.fixtures.mosquitto import MosquittoSub, mosquitto_pub, mosquitto_sub_once
 
 T = TypeVar("T")
@@ -446,32 +445,9 @@ def test_deleting_a_stream_clears_its_status(start_streams: Callable[..., Stream
         assert time.monotonic() < deadline
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs: a real full disk (needs root: skipped where mount is not allowed)."""
-    mountpoint = tmp_path / "small-disk"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode(errors='replace').strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
-
-
 def yaml_streams(body: str) -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(body)
     return data
-
-
-def small_disk_free(path: Path) -> int:
-    stat = os.statvfs(path)
-    return stat.f_bavail * stat.f_frsize
 
 
 def test_a_full_disk_refuses_records_and_says_so(
