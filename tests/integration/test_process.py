@@ -63,12 +63,17 @@ def _run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[st
         ("broker: {allow_anonymous: 'yes'}", "broker.allow_anonymous: expected a boolean"),
         ("streams: {t: {topics: ['a/#'], max_size: 10B}}", "streams.t.max_size: must be at least 1KiB"),
         ("streams: {t: {topics: ['a/#/b']}}", "streams.t.topics[0]:"),
+        (
+            "broker: {listeners: {net: {bind: '0.0.0.0:0'}}}",
+            "broker.listeners.net: nobody can log in to listener 'net'",
+        ),
     ],
 )
-def test_bad_config_is_one_line_exit_2(tmp_path: Path, body: str, message: str) -> None:
+@pytest.mark.parametrize("check_only", [False, True], ids=["run", "check-config"])
+def test_bad_config_is_one_line_exit_2(tmp_path: Path, body: str, message: str, check_only: bool) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(body + "\n")
-    result = _run("run", "-c", str(config))
+    result = _run("run", "-c", str(config), *(["--check-config"] if check_only else []))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
