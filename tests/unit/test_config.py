@@ -108,6 +108,8 @@ def test_full_example_loads_as_shipped() -> None:
     assert {export.type for export in exports} == {"kinesis", "firehose", "s3", "iot_core"}
     assert {listener.type for listener in config.broker.listeners} == {"tcp", "ws"}
     assert config.broker.acl is not None
+    assert config.broker.acl["pump"].client_ids == ("%u", "%u-*")
+    assert config.broker.limits.max_packet_size == 8 * 1024 * 1024
     assert config.broker.password_file == Path("/etc/headwater/passwd")
     assert config.uploads.max_bandwidth == 250_000
     assert config.deploy.policy.allowed_bind_mounts
