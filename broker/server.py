@@ -461,7 +461,8 @@ class HeadwaterBroker(Broker):
         who = "anonymous clients" if principal is None else f"user {principal!r}"
         client_id = incoming.client_id or ""
         if not self._access.may_use_client_id(principal, client_id):
-            return f"{who} may not use the client id {client_id!r} (acl client_ids)", principal
+            reason = f"{who} may not use the client id {client_id!r} (no acl entry, or no client_ids match)"
+            return reason, principal
         existing = self._sessions.get(client_id)
         if existing is not None and principal_of(existing[0]) != principal:
             # A session belongs to whoever created it: nobody else resumes, replaces or ends it.
@@ -527,6 +528,12 @@ class HeadwaterBroker(Broker):
             await self._publish_will(client_session)
         await self._stop_handler(handler)
         client_session.transitions.disconnect()
+        client_id = client_session.client_id or ""
+        registered = self._sessions.get(client_id)
+        if client_session.clean_session and registered is not None and registered[0] is client_session:
+            # MQTT 3.1.2.4: a clean session lasts as long as its connection. amqtt kept it (and
+            # its subscriptions) forever; kept, it would also keep its client id owned.
+            await self._delete_session(client_id)
 
     async def _publish_will(self, session: Session) -> None:
         """Publish a client's will as if the client had published it now (ACL, storage, retain)."""

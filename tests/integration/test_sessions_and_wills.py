@@ -294,3 +294,17 @@ def test_client_ids_in_the_acl_bind_a_user_to_its_devices(
     assert b"not authorised" in refused.stderr.lower()
     # A user without client_ids keeps any client id.
     assert mosquitto_pub(broker.port, "a/b", "x", client_id="anything", **_creds("ops")).returncode == 0
+
+
+def test_a_clean_session_ends_with_its_connection(secured: InProcessBroker) -> None:
+    """Its client id is free again for anyone, and nothing of it stays in the broker."""
+    with RawClient(secured.port) as first:
+        assert first.connect("shared-id", username="dev", password="dev-secret") == 0
+        first.send(bytes([0xE0, 0]))  # DISCONNECT
+        assert first.closed_within(5)
+    deadline = time.monotonic() + 5
+    while "shared-id" in secured.app.broker.sessions and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "shared-id" not in secured.app.broker.sessions
+    with RawClient(secured.port) as second:
+        assert second.connect("shared-id", username="bob", password="bob-secret") == 0
