@@ -372,8 +372,18 @@ class Database:
 
     @classmethod
     def open(cls, data_dir: Path) -> Database:
-        """Open (creating if needed) the database at ``data_dir/db``."""
+        """Open (creating if needed) the database at ``data_dir/db``.
+
+        Folders it creates are private to Headwater's user (``0700``): they hold every stored
+        payload and the retained deployments.
+        """
         path = data_dir / "db"
+        try:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            msg = f"cannot create {path}: {exc.strerror or exc}"
+            raise StorageOpenError(msg) from exc
         db, families = _open_rdict(path)
         database = cls(db, path, column_families=families)
         database._check_format()

@@ -146,3 +146,10 @@ def test_clients_cannot_forge_headwater_status_topics(headwater: InProcessBroker
     assert [m.topic for m in messages] == ["headwater/deploy/web"]
     with pytest.raises(TimeoutError):
         mosquitto_sub_once(headwater.port, status, timeout=QUIET)
+
+
+def test_the_data_directory_is_private(headwater_factory: BrokerFactory, tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh" / "data"
+    headwater_factory({"data_dir": str(data_dir)})
+    for folder in (data_dir, data_dir / "db"):
+        assert folder.stat().st_mode & 0o077 == 0, oct(folder.stat().st_mode)
