@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import websockets
 import websockets.asyncio.server
-from amqtt.adapters import StreamWriterAdapter
+from amqtt.adapters import ReaderAdapter, StreamWriterAdapter, WebSocketsWriter
 from amqtt.broker import Broker, RetainedApplicationMessage, Server
 from amqtt.contexts import Action
 from amqtt.errors import MQTTError
@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from pathlib import Path
 
-    from amqtt.adapters import ReaderAdapter, WriterAdapter
+    from amqtt.adapters import WriterAdapter
     from amqtt.session import Session
 
     from headwater.broker.access import AccessPolicy
@@ -243,6 +243,12 @@ class HeadwaterBroker(Broker):
             msg = f"{where}: cannot listen on {listener.host}:{listener.port}: {exc.strerror or exc}"
             raise ListenerStartError(msg) from exc
 
+    async def ws_connected(
+        self, websocket: websockets.asyncio.server.ServerConnection, listener_name: str
+    ) -> None:
+        """A WebSocket connection: amqtt's writer, Headwater's reader (:class:`_WebSocketReader`)."""
+        await self._client_connected(listener_name, _WebSocketReader(websocket), WebSocketsWriter(websocket))
+
     async def _client_connected(
         self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter
     ) -> None:
@@ -322,6 +328,10 @@ class HeadwaterBroker(Broker):
                     unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
                 if wait_deliver in done:
                     if not await self._handle_message_delivery(client_session, handler, wait_deliver):
+                        # amqtt's answer to a publish to a '$' topic: a protocol error. The
+                        # connection ends as if it had dropped (MQTT-3.1.2-8: the will fires);
+                        # leaving the loop without that left the session "connected" forever.
+                        await self._end_session(client_session, handler, will=True)
                         break
                     wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
                 if disconnect_waiter in done:
@@ -523,10 +533,17 @@ class HeadwaterBroker(Broker):
     ) -> None:
         # amqtt published and retained the will here without any ACL check (anyone could
         # plant a retained deployment). A will is a publish: it goes through the same gate.
-        if not isinstance(disconnect_waiter.result(), DisconnectPacket) and client_session.will_flag:
-            await self._publish_will(client_session)
+        await self._end_session(
+            client_session, handler, will=not isinstance(disconnect_waiter.result(), DisconnectPacket)
+        )
+
+    async def _end_session(self, session: Session, handler: BrokerProtocolHandler, *, will: bool) -> None:
+        """End a connection's use of its session: its will when ``will``, then offline."""
+        if will and session.will_flag:
+            await self._publish_will(session)
         await self._stop_handler(handler)
-        client_session.transitions.disconnect()
+        if session.transitions.is_connected():
+            session.transitions.disconnect()
 
     async def _publish_will(self, session: Session) -> None:
         """Publish a client's will as if the client had published it now (ACL, storage, retain)."""
@@ -692,6 +709,45 @@ class HeadwaterBroker(Broker):
     def retained_write_failures(self) -> int:
         """Retained messages kept in memory that could not be written to disk (since start)."""
         return self._retained_write_failures
+
+
+class _WebSocketReader(ReaderAdapter):
+    """The bytes of a WebSocket connection's messages, read like a stream.
+
+    amqtt's ``WebSocketsReader`` must not be used: once the connection is closed, its
+    ``recv()`` fails at once (without yielding to the event loop) and the adapter appends the
+    *last message it received* again and again until the requested count is reached. A client
+    that announces a packet of ``max_packet_size`` bytes, sends one byte and closes, blocked
+    the whole broker for as long as that takes (about 25 s for 8 MiB). Here the end of the
+    connection ends the read: it returns what there is, and the frame reader calls that a
+    truncated packet.
+    """
+
+    def __init__(self, connection: websockets.asyncio.server.ServerConnection) -> None:
+        self._connection = connection
+        self._buffer = bytearray()
+        self._position = 0
+        self._ended = False
+
+    async def read(self, n: int = -1) -> bytes:
+        while not self._ended and (n < 0 or len(self._buffer) - self._position < n):
+            try:
+                message = await self._connection.recv()
+            except websockets.ConnectionClosed:
+                self._ended = True
+                break
+            if self._position:
+                # Only when a message arrives: a read served from the buffer copies nothing more.
+                del self._buffer[: self._position]
+                self._position = 0
+            self._buffer += message.encode() if isinstance(message, str) else message
+        end = len(self._buffer) if n < 0 else min(len(self._buffer), self._position + n)
+        data = bytes(self._buffer[self._position : end])
+        self._position = end
+        return data
+
+    def feed_eof(self) -> None:
+        self._ended = True
 
 
 def _server_ssl_context(listener: ListenerConfig) -> ssl.SSLContext | None:
