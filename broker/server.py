@@ -39,7 +39,7 @@ import contextlib
 import logging
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +68,7 @@ from headwater.broker.topics import InvalidTopicError, topic_matches, validate_t
 from headwater.plugins.streams.store import StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
     from amqtt.adapters import WriterAdapter
@@ -169,6 +169,14 @@ class RetainedPersistence:
         return self._request_sync()
 
 
+@dataclass
+class _ConnectTurn:
+    """The CONNECTs of one client id waiting for, or holding, their turn."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class HeadwaterBroker(Broker):
     """amqtt's broker with Headwater's listeners, security and durable retained messages."""
 
@@ -201,6 +209,8 @@ class HeadwaterBroker(Broker):
         # Every accepted connection's task and writer, so that shutdown leaves none behind
         # (amqtt only closes connections that already have a session).
         self._connections: dict[asyncio.Task[Any], WriterAdapter] = {}
+        # Client id -> the turn its CONNECTs wait for (see _connect_turn).
+        self._connecting: dict[str, _ConnectTurn] = {}
 
     # --- listeners ---------------------------------------------------------------------------
 
@@ -429,7 +439,23 @@ class HeadwaterBroker(Broker):
     ) -> None:
         """Admit or refuse the CONNECT, then take the session and run the client."""
         del server  # amqtt's connection count; Headwater counts in _client_connected
-        refusal, principal = await self._admit(client_session, self.listeners_config[listener_name])
+        accepted, principal = await self._check_credentials(
+            client_session, self.listeners_config[listener_name]
+        )
+        # The rest is decided and applied for one CONNECT of a client id at a time: taking a
+        # session over waits for the previous connection to end, and two CONNECTs doing that
+        # at once both took it (two live connections on one session, MQTT-3.1.4-2).
+        async with self._connect_turn(client_session.client_id or ""):
+            refusal = self._admit(client_session, accepted=accepted, principal=principal)
+            if refusal is None:
+                session = await self._take_session(client_session, principal)
+                session.transitions.connect()
+                handler.attach(session, reader, writer)
+                assert session.client_id is not None  # noqa: S101 - amqtt generates one when empty
+                self._sessions[session.client_id] = (session, handler)
+                # Started before the next CONNECT of this client id may end it.
+                await handler.mqtt_connack_authorize(True)  # noqa: FBT003 - amqtt's signature
+                await handler.start()
         if refusal is not None:
             logger.info(
                 "refused connection of client %r from %s: %s",
@@ -442,13 +468,6 @@ class HeadwaterBroker(Broker):
                 await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
             await _close_quietly(writer)
             return
-        session = await self._take_session(client_session, principal)
-        session.transitions.connect()
-        handler.attach(session, reader, writer)
-        assert session.client_id is not None  # noqa: S101 - amqtt generates one when empty
-        self._sessions[session.client_id] = (session, handler)
-        await handler.mqtt_connack_authorize(True)  # noqa: FBT003 - amqtt's signature
-        await handler.start()
         await self._publish_session_retained_messages(session)
         if session.parent:
             # A resumed session's subscriptions: replay the retained messages they match.
@@ -457,35 +476,53 @@ class HeadwaterBroker(Broker):
                     await self._publish_retained_messages_for_subscription((topic_filter, 0), session)
         await self._client_message_loop(session, handler)
 
-    async def _admit(self, incoming: Session, listener: object) -> tuple[str | None, str | None]:
-        """Decide a CONNECT before anything else: (why it is refused or None, principal)."""
+    async def _check_credentials(self, incoming: Session, listener: object) -> tuple[bool, str | None]:
+        """The password check of a CONNECT: (accepted, principal)."""
         # amqtt hands over listeners_config[name]: our ListenerConfig (see __init__).
         own_rule = listener.allow_anonymous if isinstance(listener, ListenerConfig) else None
         accepted, principal = await self._authenticator.authenticate(
             incoming.username, incoming.password, allow_anonymous=own_rule
         )
         incoming.password = None  # nothing secret stays in memory longer than needed
+        return accepted, principal
+
+    @contextlib.asynccontextmanager
+    async def _connect_turn(self, client_id: str) -> AsyncIterator[None]:
+        """Hold the turn of ``client_id``: its CONNECTs are admitted and applied one at a time."""
+        turn = self._connecting.get(client_id)
+        if turn is None:
+            turn = self._connecting[client_id] = _ConnectTurn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._connecting[client_id]
+
+    def _admit(self, incoming: Session, *, accepted: bool, principal: str | None) -> str | None:
+        """Decide an authenticated CONNECT before anything else: why it is refused, or None."""
         if not accepted:
-            reason = "anonymous access disabled" if incoming.username is None else "bad username or password"
-            return reason, None
+            return "anonymous access disabled" if incoming.username is None else "bad username or password"
         who = "anonymous clients" if principal is None else f"user {principal!r}"
         client_id = incoming.client_id or ""
         if not self._access.may_use_client_id(principal, client_id):
-            return f"{who} may not use the client id {client_id!r} (acl client_ids)", principal
+            return f"{who} may not use the client id {client_id!r} (acl client_ids)"
         existing = self._sessions.get(client_id)
         if existing is not None and principal_of(existing[0]) != principal:
             # A session belongs to whoever created it: nobody else resumes, replaces or ends it.
-            return f"the session {client_id!r} belongs to another user", principal
+            return f"the session {client_id!r} belongs to another user"
         if incoming.will_flag:
             will_topic = incoming.will_topic or ""
             try:
                 validate_topic_name(will_topic)
             except InvalidTopicError as exc:
-                return f"invalid will topic: {exc}", principal
+                return f"invalid will topic: {exc}"
             if will_topic.startswith("$") or not self._gate.may_publish(principal, will_topic):
                 self._gate.note_refused()
-                return f"{who} may not publish to the will topic {will_topic!r}", principal
-        return None, principal
+                return f"{who} may not publish to the will topic {will_topic!r}"
+        return None
 
     async def _take_session(self, incoming: Session, principal: str | None) -> Session:
         """Apply clean-session semantics to an admitted CONNECT; return the session to use."""

@@ -151,3 +151,30 @@ def test_a_persistent_session_closed_for_a_dollar_publish_still_queues_and_fires
         assert delivered is not None
         assert delivered.type == 3
         assert delivered.body.endswith(b"while away")
+
+
+# --- takeover ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("clean", [True, False], ids=["clean", "persistent"])
+def test_two_takeovers_at_once_leave_one_connection(headwater_factory: BrokerFactory, clean: bool) -> None:
+    """Two CONNECTs of one client id while a third connection has it (a reconnect storm).
+
+    Both waited for the old connection to end, then both took the session: two live
+    connections on one client id (MQTT-3.1.4-2), or on one persistent session, whose
+    deliveries went through whichever handler was registered last, and which the first of
+    them to leave marked offline under the other.
+    """
+    broker = headwater_factory("broker: {allow_anonymous: true}")
+    with RawClient(broker.port) as first, RawClient(broker.port) as second, RawClient(broker.port) as third:
+        assert first.connect("twice", clean=clean) == 0
+        second.send(connect("twice", clean=clean))
+        third.send(connect("twice", clean=clean))
+        for client in (second, third):
+            connack = client.read_packet()
+            assert connack is not None
+            assert connack.type == 2
+            assert connack.body[1] == 0
+        assert first.closed_within(5)
+        closed = [second.closed_within(3), third.closed_within(3)]
+        assert sorted(closed) == [False, True], closed
