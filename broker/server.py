@@ -445,6 +445,7 @@ class HeadwaterBroker(Broker):
         # The rest is decided and applied for one CONNECT of a client id at a time: taking a
         # session over waits for the previous connection to end, and two CONNECTs doing that
         # at once both took it (two live connections on one session, MQTT-3.1.4-2).
+        session: Session | None = None
         async with self._connect_turn(client_session.client_id or ""):
             refusal = self._admit(client_session, accepted=accepted, principal=principal)
             if refusal is None:
@@ -456,7 +457,7 @@ class HeadwaterBroker(Broker):
                 # Started before the next CONNECT of this client id may end it.
                 await handler.mqtt_connack_authorize(True)  # noqa: FBT003 - amqtt's signature
                 await handler.start()
-        if refusal is not None:
+        if session is None:
             logger.info(
                 "refused connection of client %r from %s: %s",
                 client_session.client_id,

@@ -135,7 +135,8 @@ def test_a_persistent_session_closed_for_a_dollar_publish_still_queues_and_fires
     will_topic = _unique("wills")
     with MosquittoSub(broker.port, will_topic, qos=1, **_creds("dev")) as watcher:
         with RawClient(broker.port) as device:
-            assert device.connect("keeper-1", clean=False, will=(will_topic, b"gone", 1, False), **_creds("dev")) == 0
+            will = (will_topic, b"gone", 1, False)
+            assert device.connect("keeper-1", clean=False, will=will, **_creds("dev")) == 0
             device.send(subscribe(topic, qos=1))
             suback = device.read_packet()
             assert suback is not None
