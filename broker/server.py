@@ -39,13 +39,13 @@ import contextlib
 import logging
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import websockets
 import websockets.asyncio.server
-from amqtt.adapters import StreamWriterAdapter
+from amqtt.adapters import ReaderAdapter, StreamWriterAdapter, WebSocketsWriter
 from amqtt.broker import Broker, RetainedApplicationMessage, Server
 from amqtt.contexts import Action
 from amqtt.errors import MQTTError
@@ -68,10 +68,10 @@ from headwater.broker.topics import InvalidTopicError, topic_matches, validate_t
 from headwater.plugins.streams.store import StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
-    from amqtt.adapters import ReaderAdapter, WriterAdapter
+    from amqtt.adapters import WriterAdapter
     from amqtt.session import Session
 
     from headwater.broker.access import AccessPolicy
@@ -169,6 +169,14 @@ class RetainedPersistence:
         return self._request_sync()
 
 
+@dataclass
+class _ConnectTurn:
+    """The CONNECTs of one client id waiting for, or holding, their turn."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class HeadwaterBroker(Broker):
     """amqtt's broker with Headwater's listeners, security and durable retained messages."""
 
@@ -201,6 +209,8 @@ class HeadwaterBroker(Broker):
         # Every accepted connection's task and writer, so that shutdown leaves none behind
         # (amqtt only closes connections that already have a session).
         self._connections: dict[asyncio.Task[Any], WriterAdapter] = {}
+        # Client id -> the turn its CONNECTs wait for (see _connect_turn).
+        self._connecting: dict[str, _ConnectTurn] = {}
 
     # --- listeners ---------------------------------------------------------------------------
 
@@ -242,6 +252,12 @@ class HeadwaterBroker(Broker):
             where = f"broker.listeners.{listener.name}"
             msg = f"{where}: cannot listen on {listener.host}:{listener.port}: {exc.strerror or exc}"
             raise ListenerStartError(msg) from exc
+
+    async def ws_connected(
+        self, websocket: websockets.asyncio.server.ServerConnection, listener_name: str
+    ) -> None:
+        """A WebSocket connection: amqtt's writer, Headwater's reader (:class:`_WebSocketReader`)."""
+        await self._client_connected(listener_name, _WebSocketReader(websocket), WebSocketsWriter(websocket))
 
     async def _client_connected(
         self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter
@@ -322,6 +338,10 @@ class HeadwaterBroker(Broker):
                     unsubscribe_waiter = asyncio.ensure_future(handler.get_next_pending_unsubscription())
                 if wait_deliver in done:
                     if not await self._handle_message_delivery(client_session, handler, wait_deliver):
+                        # amqtt's answer to a publish to a '$' topic: a protocol error. The
+                        # connection ends as if it had dropped (MQTT-3.1.2-8: the will fires);
+                        # leaving the loop without that left the session "connected" forever.
+                        await self._end_session(client_session, handler, will=True)
                         break
                     wait_deliver = asyncio.ensure_future(handler.mqtt_deliver_next_message())
                 if disconnect_waiter in done:
@@ -419,8 +439,25 @@ class HeadwaterBroker(Broker):
     ) -> None:
         """Admit or refuse the CONNECT, then take the session and run the client."""
         del server  # amqtt's connection count; Headwater counts in _client_connected
-        refusal, principal = await self._admit(client_session, self.listeners_config[listener_name])
-        if refusal is not None:
+        accepted, principal = await self._check_credentials(
+            client_session, self.listeners_config[listener_name]
+        )
+        # The rest is decided and applied for one CONNECT of a client id at a time: taking a
+        # session over waits for the previous connection to end, and two CONNECTs doing that
+        # at once both took it (two live connections on one session, MQTT-3.1.4-2).
+        session: Session | None = None
+        async with self._connect_turn(client_session.client_id or ""):
+            refusal = self._admit(client_session, accepted=accepted, principal=principal)
+            if refusal is None:
+                session = await self._take_session(client_session, principal)
+                session.transitions.connect()
+                handler.attach(session, reader, writer)
+                assert session.client_id is not None  # noqa: S101 - amqtt generates one when empty
+                self._sessions[session.client_id] = (session, handler)
+                # Started before the next CONNECT of this client id may end it.
+                await handler.mqtt_connack_authorize(True)  # noqa: FBT003 - amqtt's signature
+                await handler.start()
+        if session is None:
             logger.info(
                 "refused connection of client %r from %s: %s",
                 client_session.client_id,
@@ -432,13 +469,6 @@ class HeadwaterBroker(Broker):
                 await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
             await _close_quietly(writer)
             return
-        session = await self._take_session(client_session, principal)
-        session.transitions.connect()
-        handler.attach(session, reader, writer)
-        assert session.client_id is not None  # noqa: S101 - amqtt generates one when empty
-        self._sessions[session.client_id] = (session, handler)
-        await handler.mqtt_connack_authorize(True)  # noqa: FBT003 - amqtt's signature
-        await handler.start()
         await self._publish_session_retained_messages(session)
         if session.parent:
             # A resumed session's subscriptions: replay the retained messages they match.
@@ -447,36 +477,53 @@ class HeadwaterBroker(Broker):
                     await self._publish_retained_messages_for_subscription((topic_filter, 0), session)
         await self._client_message_loop(session, handler)
 
-    async def _admit(self, incoming: Session, listener: object) -> tuple[str | None, str | None]:
-        """Decide a CONNECT before anything else: (why it is refused or None, principal)."""
+    async def _check_credentials(self, incoming: Session, listener: object) -> tuple[bool, str | None]:
+        """The password check of a CONNECT: (accepted, principal)."""
         # amqtt hands over listeners_config[name]: our ListenerConfig (see __init__).
         own_rule = listener.allow_anonymous if isinstance(listener, ListenerConfig) else None
         accepted, principal = await self._authenticator.authenticate(
             incoming.username, incoming.password, allow_anonymous=own_rule
         )
         incoming.password = None  # nothing secret stays in memory longer than needed
+        return accepted, principal
+
+    @contextlib.asynccontextmanager
+    async def _connect_turn(self, client_id: str) -> AsyncIterator[None]:
+        """Hold the turn of ``client_id``: its CONNECTs are admitted and applied one at a time."""
+        turn = self._connecting.get(client_id)
+        if turn is None:
+            turn = self._connecting[client_id] = _ConnectTurn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._connecting[client_id]
+
+    def _admit(self, incoming: Session, *, accepted: bool, principal: str | None) -> str | None:
+        """Decide an authenticated CONNECT before anything else: why it is refused, or None."""
         if not accepted:
-            reason = "anonymous access disabled" if incoming.username is None else "bad username or password"
-            return reason, None
+            return "anonymous access disabled" if incoming.username is None else "bad username or password"
         who = "anonymous clients" if principal is None else f"user {principal!r}"
         client_id = incoming.client_id or ""
         if not self._access.may_use_client_id(principal, client_id):
-            reason = f"{who} may not use the client id {client_id!r} (no acl entry, or no client_ids match)"
-            return reason, principal
+            return f"{who} may not use the client id {client_id!r} (no acl entry, or no client_ids match)"
         existing = self._sessions.get(client_id)
         if existing is not None and principal_of(existing[0]) != principal:
             # A session belongs to whoever created it: nobody else resumes, replaces or ends it.
-            return f"the session {client_id!r} belongs to another user", principal
+            return f"the session {client_id!r} belongs to another user"
         if incoming.will_flag:
             will_topic = incoming.will_topic or ""
             try:
                 validate_topic_name(will_topic)
             except InvalidTopicError as exc:
-                return f"invalid will topic: {exc}", principal
+                return f"invalid will topic: {exc}"
             if will_topic.startswith("$") or not self._gate.may_publish(principal, will_topic):
                 self._gate.note_refused()
-                return f"{who} may not publish to the will topic {will_topic!r}", principal
-        return None, principal
+                return f"{who} may not publish to the will topic {will_topic!r}"
+        return None
 
     async def _take_session(self, incoming: Session, principal: str | None) -> Session:
         """Apply clean-session semantics to an admitted CONNECT; return the session to use."""
@@ -524,13 +571,20 @@ class HeadwaterBroker(Broker):
     ) -> None:
         # amqtt published and retained the will here without any ACL check (anyone could
         # plant a retained deployment). A will is a publish: it goes through the same gate.
-        if not isinstance(disconnect_waiter.result(), DisconnectPacket) and client_session.will_flag:
-            await self._publish_will(client_session)
+        await self._end_session(
+            client_session, handler, will=not isinstance(disconnect_waiter.result(), DisconnectPacket)
+        )
+
+    async def _end_session(self, session: Session, handler: BrokerProtocolHandler, *, will: bool) -> None:
+        """End a connection's use of its session: its will when ``will``, then offline."""
+        if will and session.will_flag:
+            await self._publish_will(session)
         await self._stop_handler(handler)
-        client_session.transitions.disconnect()
-        client_id = client_session.client_id or ""
+        if session.transitions.is_connected():
+            session.transitions.disconnect()
+        client_id = session.client_id or ""
         registered = self._sessions.get(client_id)
-        if client_session.clean_session and registered is not None and registered[0] is client_session:
+        if session.clean_session and registered is not None and registered[0] is session:
             # MQTT 3.1.2.4: a clean session lasts as long as its connection. amqtt kept it (and
             # its subscriptions) forever; kept, it would also keep its client id owned.
             await self._delete_session(client_id)
@@ -699,6 +753,45 @@ class HeadwaterBroker(Broker):
     def retained_write_failures(self) -> int:
         """Retained messages kept in memory that could not be written to disk (since start)."""
         return self._retained_write_failures
+
+
+class _WebSocketReader(ReaderAdapter):
+    """The bytes of a WebSocket connection's messages, read like a stream.
+
+    amqtt's ``WebSocketsReader`` must not be used: once the connection is closed, its
+    ``recv()`` fails at once (without yielding to the event loop) and the adapter appends the
+    *last message it received* again and again until the requested count is reached. A client
+    that announces a packet of ``max_packet_size`` bytes, sends one byte and closes, blocked
+    the whole broker for as long as that takes (about 25 s for 8 MiB). Here the end of the
+    connection ends the read: it returns what there is, and the frame reader calls that a
+    truncated packet.
+    """
+
+    def __init__(self, connection: websockets.asyncio.server.ServerConnection) -> None:
+        self._connection = connection
+        self._buffer = bytearray()
+        self._position = 0
+        self._ended = False
+
+    async def read(self, n: int = -1) -> bytes:
+        while not self._ended and (n < 0 or len(self._buffer) - self._position < n):
+            try:
+                message = await self._connection.recv()
+            except websockets.ConnectionClosed:
+                self._ended = True
+                break
+            if self._position:
+                # Only when a message arrives: a read served from the buffer copies nothing more.
+                del self._buffer[: self._position]
+                self._position = 0
+            self._buffer += message.encode() if isinstance(message, str) else message
+        end = len(self._buffer) if n < 0 else min(len(self._buffer), self._position + n)
+        data = bytes(self._buffer[self._position : end])
+        self._position = end
+        return data
+
+    def feed_eof(self) -> None:
+        self._ended = True
 
 
 def _server_ssl_context(listener: ListenerConfig) -> ssl.SSLContext | None:
