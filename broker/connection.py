@@ -15,7 +15,9 @@ amqtt's packet reader:
   while N of the client's QoS 1/2 publishes wait for their durable write (this wait needs no
   further input from the client, so it cannot deadlock); a client with more than
   ``4 x N`` QoS 1/2 publishes unfinished (a QoS 2 publish waits for its PUBREL) is
-  disconnected; at most N QoS 1/2 deliveries to the client await its acknowledgement at once.
+  disconnected; at most N QoS 1/2 deliveries to the client await its acknowledgement at once,
+  and at most ``max_queued_messages`` more wait for one of those slots (the rest are dropped
+  and counted, as for an offline session).
 
 It must never decide who may publish what (the gate does) nor touch sessions (the broker does).
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -39,6 +42,7 @@ from amqtt.mqtt.packet import (
     UNSUBSCRIBE,
 )
 from amqtt.mqtt.publish import PublishPacket
+from amqtt.session import OutgoingApplicationMessage
 
 from headwater.broker.durable import DurableAckProtocolHandler
 from headwater.broker.framing import (
@@ -55,7 +59,6 @@ if TYPE_CHECKING:
 
     from amqtt.mqtt.packet import MQTTPacket
     from amqtt.plugins.manager import PluginManager
-    from amqtt.session import OutgoingApplicationMessage
 
     from headwater.broker.config import BrokerLimits
     from headwater.broker.durable import PublishGate
@@ -108,6 +111,14 @@ class ConnectionLimits:
         self.keepalive_timeouts = 0
         self.inflight_exceeded = 0
         self.queued_dropped = 0
+        self._last_log = 0.0
+
+    def log(self, text: str, *args: object) -> None:
+        """Log a limit's refusal at most once a second (a flood must not flood the log too)."""
+        now = time.monotonic()
+        if now - self._last_log >= 1:
+            self._last_log = now
+            logger.warning(text, *args)
 
     def statistics(self) -> ConnectionStatistics:
         """A snapshot of the counters."""
@@ -140,6 +151,7 @@ class ConnectionHandler(DurableAckProtocolHandler):
         self._deliveries = asyncio.Semaphore(inflight)
         self._max_unfinished = inflight * _UNFINISHED_FACTOR
         self._unfinished = 0
+        self._waiting_deliveries = 0
         self._handlers: dict[int, Callable[[Any], Coroutine[Any, Any, None]]] = {
             PUBACK: self.handle_puback,
             PUBREC: self.handle_pubrec,
@@ -171,8 +183,26 @@ class ConnectionHandler(DurableAckProtocolHandler):
         """Deliver to the client; QoS 1/2 wait for one of ``max_inflight_messages`` slots."""
         if not qos:
             return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
-        async with self._deliveries:
+        if self._deliveries.locked() and self._waiting_deliveries >= self._limits.limits.max_queued_messages:
+            # As many wait behind the window as an offline session may keep: drop, count, say so.
+            self._limits.queued_dropped += 1
+            self._limits.log(
+                "dropped a message for client %s: %d waiting behind %d unacknowledged "
+                "(broker.limits.max_queued_messages)",
+                self._client,
+                self._waiting_deliveries,
+                self._limits.limits.max_inflight_messages,
+            )
+            return OutgoingApplicationMessage(None, topic, qos, data, retain)
+        self._waiting_deliveries += 1
+        try:
+            await self._deliveries.acquire()
+        finally:
+            self._waiting_deliveries -= 1
+        try:
             return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
+        finally:
+            self._deliveries.release()
 
     # --- incoming ------------------------------------------------------------------------------
 

@@ -204,7 +204,6 @@ class HeadwaterBroker(Broker):
         self._limits = limits
         self._before_listen = before_listen
         self._retained_write_failures = 0
-        self._last_limit_log = 0.0
         self.bound: tuple[BoundListener, ...] = ()
         # Every accepted connection's task and writer, so that shutdown leaves none behind
         # (amqtt only closes connections that already have a session).
@@ -283,11 +282,14 @@ class HeadwaterBroker(Broker):
             _close_transport(writer)
 
     def _log_limit(self, text: str, *args: object) -> None:
-        """Log a limit's refusal at most once a second (a flood must not flood the log too)."""
-        now = time.monotonic()
-        if now - self._last_limit_log >= 1:
-            self._last_limit_log = now
-            logger.warning(text, *args)
+        self._limits.log(text, *args)
+
+    async def _session_monitor(self) -> None:
+        # amqtt's monitor removed disconnected clean and anonymous sessions once a second, by
+        # client id, with awaits between listing and removing them: a client reconnecting in
+        # between lost its new session. Clean sessions end with their connection here
+        # (_end_session) and anonymous ones are kept like any other: nothing is left to do.
+        return
 
     async def shutdown(self) -> None:
         """Stop accepting, close every connection and session, and leave no connection task."""
@@ -540,7 +542,10 @@ class HeadwaterBroker(Broker):
                 await self._delete_session(client_id)
             incoming.parent = 0
             incoming.attributes[PRINCIPAL_ATTRIBUTE] = principal
-            incoming.is_anonymous = principal is None
+            # amqtt neither queued for nor kept sessions it marked anonymous: an anonymous
+            # persistent session lost everything. Here it is a session like any other, owned
+            # by the anonymous principal (every anonymous client may resume it).
+            incoming.is_anonymous = False
             return incoming
         session = existing[0]
         # The new connection brings its own will, keepalive and address.
