@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -433,7 +434,7 @@ class DeployPlugin:
         else:
             assert desired.compose is not None  # noqa: S101 - one of the two, by parse_desired
             text = desired.compose
-        model = await asyncio.to_thread(parse_compose, text)
+        model = await asyncio.to_thread(functools.partial(parse_compose, text, max_size=config.max_compose_size))
         services = check_compose_model(model)
         named = [self._registry(name) for name in desired.registry_auth]
         files = self._workspace.write_compose(app, text, services)
@@ -443,7 +444,9 @@ class DeployPlugin:
         except ComposeFailedError as exc:
             raise InvalidDeploymentError(f"the compose file was refused by {exc}") from exc
         expected = check_compose_model(resolved)
-        check_policy(resolved, config.policy, project_dir=str(files[0].parent))
+        check_policy(
+            resolved, config.policy, project_dir=str(files[0].parent), protected_paths=self._protected_paths()
+        )
         pull = desired.pull or config.pull
         images = images_of(resolved)
         if pull == "never":
@@ -471,6 +474,13 @@ class DeployPlugin:
             await self._engine.connect()  # DockerUnavailableError if that is why it failed
             raise
         return expected
+
+    def _protected_paths(self) -> tuple[str, ...]:
+        """Host paths no app may mount, besides the engine's usual ones: its socket here, our files."""
+        paths = [str(self._workspace.root)]
+        if self.docker_host.startswith("unix://"):
+            paths.append(self.docker_host.removeprefix("unix://"))
+        return tuple(paths)
 
     def _registry(self, name: str) -> RegistryCredential:
         credential = self._config.registries.get(name)
