@@ -191,7 +191,10 @@ class DeployPlugin:
         self.docker_host = config.docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
         self._engine = DockerEngine(self.docker_host)
         self._runner = ComposeRunner(
-            docker_host=self.docker_host, timeout=config.timeout, command=config.compose_command
+            docker_host=self.docker_host,
+            timeout=config.timeout,
+            command=config.compose_command,
+            memory_limit=config.compose_memory_limit,
         )
         self._aws = DeployAws(host.config.aws)
         self._workspace = DeployWorkspace(host.config.data_dir)
