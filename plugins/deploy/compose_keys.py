@@ -32,12 +32,12 @@ from typing import Final, Literal, TypeAlias
 
 __all__ = [
     "HOOK",
-    "policy_markdown",
     "POLICY_SWITCHES",
     "SECTIONS",
     "KeyRule",
     "Nesting",
     "Verdict",
+    "policy_markdown",
 ]
 
 Verdict: TypeAlias = Literal["allowed", "checked", "switch", "refused"]
@@ -164,9 +164,7 @@ SECTIONS: Final[Mapping[str, Mapping[str, KeyRule]]] = {
         "mem_swappiness": _allowed("memory limits"),
         "memswap_limit": _allowed("memory limits"),
         "models": _refused("AI models run by Docker Model Runner on the host"),
-        "network_mode": _checked(
-            "`host` needs allow_host_network, `container:...` needs allow_privileged"
-        ),
+        "network_mode": _checked("`host` needs allow_host_network, `container:...` needs allow_privileged"),
         "networks": _allowed("references to top-level networks"),
         "oom_kill_disable": _switch(_KERNEL, "disabling the OOM killer"),
         "oom_score_adj": _checked("below 0 needs allow_kernel_tuning"),
@@ -204,12 +202,16 @@ SECTIONS: Final[Mapping[str, Mapping[str, KeyRule]]] = {
             "bind mounts: the host path is (below) one of allowed_bind_mounts, never the Docker "
             "engine's paths (named volumes and tmpfs are fine)"
         ),
-        "volumes_from": _checked("`container:...` needs allow_external_volumes, services of the app are fine"),
+        "volumes_from": _checked(
+            "`container:...` needs allow_external_volumes, services of the app are fine"
+        ),
         "working_dir": _allowed(),
     },
     "network": {
         "attachable": _allowed(),
-        "driver": _checked("bridge is fine, any other driver (host, macvlan, ipvlan, ...) needs allow_host_network"),
+        "driver": _checked(
+            "bridge is fine, any other driver (host, macvlan, ipvlan, ...) needs allow_host_network"
+        ),
         "driver_opts": _switch(_HOST_NETWORK, "network driver options (a bridge of the host, ...)"),
         "enable_ipv4": _allowed(),
         "enable_ipv6": _allowed(),
@@ -230,14 +232,18 @@ SECTIONS: Final[Mapping[str, Mapping[str, KeyRule]]] = {
         ),
         "external": _switch(_EXTERNAL_VOLUMES, "a volume outside this app (external)"),
         "labels": _allowed(),
-        "name": _checked("a name other than the app's own (headwater-<app>_<volume>) needs allow_external_volumes"),
+        "name": _checked(
+            "a name other than the app's own (headwater-<app>_<volume>) needs allow_external_volumes"
+        ),
     },
     "secret": {
         "driver": _refused(_SWARM_ONLY),
         "driver_opts": _refused(_SWARM_ONLY),
         "environment": _refused("it reads the environment of Headwater's docker compose"),
         "external": _refused(f"{_SWARM_ONLY} (a secret of another owner)"),
-        "file": _checked("the host path is (below) one of allowed_bind_mounts, never the Docker engine's paths"),
+        "file": _checked(
+            "the host path is (below) one of allowed_bind_mounts, never the Docker engine's paths"
+        ),
         "labels": _allowed(),
         "name": _allowed(),
         "template_driver": _refused(_SWARM_ONLY),
@@ -246,7 +252,9 @@ SECTIONS: Final[Mapping[str, Mapping[str, KeyRule]]] = {
         "content": _allowed("inline content"),
         "environment": _refused("it reads the environment of Headwater's docker compose"),
         "external": _refused(f"{_SWARM_ONLY} (a config of another owner)"),
-        "file": _checked("the host path is (below) one of allowed_bind_mounts, never the Docker engine's paths"),
+        "file": _checked(
+            "the host path is (below) one of allowed_bind_mounts, never the Docker engine's paths"
+        ),
         "labels": _allowed(),
         "name": _allowed(),
         "template_driver": _refused(_SWARM_ONLY),

@@ -486,7 +486,9 @@ class DeployPlugin:
         else:
             assert desired.compose is not None  # noqa: S101 - one of the two, by parse_desired
             text = desired.compose
-        model = await asyncio.to_thread(functools.partial(parse_compose, text, max_size=config.max_compose_size))
+        model = await asyncio.to_thread(
+            functools.partial(parse_compose, text, max_size=config.max_compose_size)
+        )
         services = check_compose_model(model)
         named = [self._registry(name) for name in desired.registry_auth]
         files = self._workspace.write_compose(app, text, services)

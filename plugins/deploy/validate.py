@@ -101,10 +101,10 @@ def _refuse(path: str, reason: str) -> InvalidDeploymentError:
 def parse_compose(text: str, *, max_size: int | None = None) -> dict[str, Any]:
     """Parse one compose document (YAML or JSON) into plain Python objects.
 
-    Refuses several documents, more than a hundred aliases, nesting deeper than 64, a document whose aliases would
-    expand to more than :data:`MAX_EXPANDED_NODES` nodes or (when given) more than
-    ``max_size`` bytes of scalars, recursive aliases, and anything that is not a mapping at the
-    top. Nothing is expanded to find out (see the module docstring).
+    Refuses several documents, more than a hundred aliases, nesting deeper than 64, a document
+    whose aliases would expand to more than :data:`MAX_EXPANDED_NODES` nodes or (when given)
+    more than ``max_size`` bytes of scalars, recursive aliases, and anything that is not a
+    mapping at the top. Nothing is expanded to find out (see the module docstring).
     """
     try:
         aliases = depth = 0
@@ -118,9 +118,7 @@ def parse_compose(text: str, *, max_size: int | None = None) -> dict[str, Any]:
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
         if aliases > _MAX_ALIASES:
-            raise InvalidDeploymentError(
-                f"compose file: {aliases} YAML aliases (at most {_MAX_ALIASES})"
-            )
+            raise InvalidDeploymentError(f"compose file: {aliases} YAML aliases (at most {_MAX_ALIASES})")
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
         if len(nodes) != 1:
             raise InvalidDeploymentError(
@@ -180,7 +178,7 @@ def _check_expansion(root: yaml.Node | None, max_size: int | None) -> None:
     nodes, size = counted[id(root)]
     if nodes > max(MAX_EXPANDED_NODES, len(counted)):
         raise InvalidDeploymentError(
-            f'compose file: YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes '
+            f"compose file: YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes "
             f'({nodes}: a "billion laughs" document)'
         )
     if max_size is not None and size > max_size:
@@ -417,7 +415,9 @@ def _nested(checker: _Checker, path: str, value: object, name: str) -> None:
 def _check_extends(checker: _Checker, path: str, value: object, name: str) -> None:
     del name
     if isinstance(value, dict) and value.get("file") is not None:
-        checker.refused(f"{path}.file", "it reads other files of the gateway: extend services of the same file only")
+        checker.refused(
+            f"{path}.file", "it reads other files of the gateway: extend services of the same file only"
+        )
 
 
 def _host_namespace(privileged_values: tuple[str, ...]) -> ValueCheck:
@@ -503,7 +503,9 @@ def _check_oom_score_adj(checker: _Checker, path: str, value: object, name: str)
         checker.violations.append(f"{path}: expected an integer")
         return
     if adjustment < 0:
-        checker.needs("allow_kernel_tuning", path, f"protecting the container from the OOM killer ({adjustment})")
+        checker.needs(
+            "allow_kernel_tuning", path, f"protecting the container from the OOM killer ({adjustment})"
+        )
 
 
 def _check_ulimits(checker: _Checker, path: str, value: object, name: str) -> None:

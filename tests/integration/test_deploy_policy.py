@@ -72,24 +72,33 @@ REFUSED: dict[str, tuple[str, str]] = {
     ),
     "privileged-hook": (
         with_service_keys("    post_start:\n      - command: ['id']\n        privileged: true\n"),
-        "services.web.post_start[0].privileged: a privileged hook is not allowed (deploy.policy.allow_privileged)",
+        (
+            "services.web.post_start[0].privileged: a privileged hook is not allowed "
+            "(deploy.policy.allow_privileged)"
+        ),
     ),
     "external-volume": (
-        with_service_keys("    volumes: ['shared:/data']\n")
-        + "volumes:\n  shared: {external: true, name: other-app_data}\n",
-        "volumes.shared.external: a volume outside this app (external) is not allowed "
-        "(deploy.policy.allow_external_volumes)",
+        (
+            with_service_keys("    volumes: ['shared:/data']\n")
+            + "volumes:\n  shared: {external: true, name: other-app_data}\n"
+        ),
+        (
+            "volumes.shared.external: a volume outside this app (external) is not allowed "
+            "(deploy.policy.allow_external_volumes)"
+        ),
     ),
     "docker-socket-bind": (
         with_service_keys("    volumes: ['/var/run/docker.sock:/var/run/docker.sock']\n"),
-        "services.web.volumes[0]: refused (a bind mount of /var/run/docker.sock reaches /var/run/docker.sock, "
-        "which controls the host, whatever deploy.policy.allowed_bind_mounts says)",
+        (
+            "services.web.volumes[0]: refused (a bind mount of /var/run/docker.sock reaches "
+            "/var/run/docker.sock, which controls the host, whatever deploy.policy.allowed_bind_mounts says)"
+        ),
     ),
     "root-bind": (
         with_service_keys("    volumes: ['/:/host']\n"),
         "services.web.volumes[0]: refused (a bind mount of / reaches /var/run/docker.sock",
     ),
-    "alias-bomb": (ALIAS_BOMB, 'compose file: YAML aliases expand to more than 100000 nodes'),
+    "alias-bomb": (ALIAS_BOMB, "compose file: YAML aliases expand to more than 100000 nodes"),
 }
 
 
@@ -178,6 +187,9 @@ def test_refused_deployments_are_not_tried_again_after_a_restart(
         watch.wait_for(
             "failed",
             revision=revision,
-            where=lambda s: s["updated_at"] not in {first[host_network]["updated_at"], after_restart[host_network]["updated_at"]},
+            where=lambda s: (
+                s["updated_at"]
+                not in {first[host_network]["updated_at"], after_restart[host_network]["updated_at"]}
+            ),
         )
     assert len(runs_of(host_network)) == 2

@@ -267,7 +267,9 @@ def test_a_compose_run_that_wants_more_memory_fails_and_says_why(
 ) -> None:
     program = fake_program('exec python3 -c "bytearray(512 * 1024 * 1024)"\n')
     with pytest.raises(ComposeFailedError) as info:
-        asyncio.run(runner_for(program, memory_limit=64 * MiB).up(project(tmp_path), pull="never", force=False))
+        asyncio.run(
+            runner_for(program, memory_limit=64 * MiB).up(project(tmp_path), pull="never", force=False)
+        )
     assert str(info.value) == (
         "docker compose up exited 1: ran out of memory (deploy.compose_memory_limit: 64MiB)"
     )
