@@ -60,9 +60,11 @@ def with_service_keys(lines: str) -> str:
     return web("x", extra=lines)
 
 
+# The attacker review's bomb, with extension keys (x-0 ... x-7): compose ignores them, so only
+# the alias budget stands between this file and docker compose config.
 ALIAS_BOMB = "\n".join(
-    ["services:", "  web:", "    image: headwater-test/busybox:1", "x0: &a0 [x,x,x,x,x,x,x,x,x]"]
-    + [f"x{n}: &a{n} [" + ",".join([f"*a{n - 1}"] * 9) + "]" for n in range(1, 8)]
+    ["services:", "  web:", "    image: headwater-test/busybox:1", "x-0: &a0 [x,x,x,x,x,x,x,x,x]"]
+    + [f"x-{n}: &a{n} [" + ",".join([f"*a{n - 1}"] * 9) + "]" for n in range(1, 8)]
 )
 
 REFUSED: dict[str, tuple[str, str]] = {
