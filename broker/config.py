@@ -256,13 +256,28 @@ class UploadsConfig:
 class DeployPolicy:
     """What a deployed compose file may ask for (docs/deploy.md has the full rule table).
 
-    ``allow_privileged`` also covers what amounts to privilege: ``cap_add``, ``security_opt``,
-    the host's PID / IPC / UTS / user / cgroup namespaces. ``allowed_bind_mounts`` lists host
-    paths (and everything below them) that may be bind-mounted or passed as ``devices``.
+    The policy is an allow-list (``headwater.plugins.deploy.compose_keys``): every compose key
+    is allowed, checked, allowed only with one of these switches, or refused. Each switch
+    allows one family of keys:
+
+    * ``allow_privileged``: ``privileged`` (hooks too), ``cap_add``, ``security_opt``, GPUs,
+      other runtimes, device cgroup rules, the host's PID / IPC / UTS / user / cgroup namespaces;
+    * ``allow_host_network``: ``network_mode: host``, network drivers other than bridge, driver
+      options, chosen subnets (``ipam``);
+    * ``allow_external_volumes``: volumes that are not the app's own (``external``, an explicit
+      ``name``, other drivers, nfs/cifs/disk mounts, ``volumes_from: container:...``);
+    * ``allow_external_networks``: networks that are not the app's own (``external``, ``name``);
+    * ``allow_kernel_tuning``: ``sysctls``, ``oom_kill_disable``, ``oom_score_adj`` below 0,
+      real-time CPU settings, ``ulimits`` memlock / rtprio / rttime / nice;
+    * ``allowed_bind_mounts``: host paths (and everything below them) that may be bind-mounted
+      or passed as ``devices`` — never the Docker engine's own paths, whatever is listed.
     """
 
     allow_privileged: bool = False
     allow_host_network: bool = False
+    allow_external_volumes: bool = False
+    allow_external_networks: bool = False
+    allow_kernel_tuning: bool = False
     allowed_bind_mounts: tuple[str, ...] = ()
 
 
@@ -293,6 +308,8 @@ class DeployConfig:
     # None: `docker compose` if the docker CLI has the plugin, else a v2 `docker-compose`.
     compose_command: tuple[str, ...] | None = None
     max_compose_size: int = 256 * 1024  # bytes of one deploy message or S3 compose object
+    # Bytes of data memory (RLIMIT_DATA) each docker compose process may use before it fails.
+    compose_memory_limit: int = 512 * 1024 * 1024
     registries: Mapping[str, RegistryCredential] = field(default_factory=dict)
 
 
@@ -1295,7 +1312,15 @@ _DEPLOY_KEYS: Final = (
     "docker_host",
     "compose_command",
     "max_compose_size",
+    "compose_memory_limit",
     "registries",
+)
+_DEPLOY_POLICY_SWITCHES: Final = (
+    "allow_privileged",
+    "allow_host_network",
+    "allow_external_volumes",
+    "allow_external_networks",
+    "allow_kernel_tuning",
 )
 _DOCKER_HOST: Final = re.compile(
     r"unix:///[^\0]+|tcp://[A-Za-z0-9.-]+:[0-9]{1,5}|tcp://\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}"
@@ -1352,13 +1377,16 @@ def _registry(name: str, value: object, path: str) -> RegistryCredential:
 
 def _deploy(top: _Section) -> DeployConfig:
     deploy = top.section("deploy", _DEPLOY_KEYS)
-    policy = deploy.section("policy", ("allow_privileged", "allow_host_network", "allowed_bind_mounts"))
+    policy = deploy.section("policy", (*_DEPLOY_POLICY_SWITCHES, "allowed_bind_mounts"))
     return DeployConfig(
         enabled=deploy.get("enabled", _bool, default=True),
         pull=deploy.get("pull", _one_of(_PULL_POLICIES), "missing"),
         policy=DeployPolicy(
             allow_privileged=policy.get("allow_privileged", _bool, default=False),
             allow_host_network=policy.get("allow_host_network", _bool, default=False),
+            allow_external_volumes=policy.get("allow_external_volumes", _bool, default=False),
+            allow_external_networks=policy.get("allow_external_networks", _bool, default=False),
+            allow_kernel_tuning=policy.get("allow_kernel_tuning", _bool, default=False),
             allowed_bind_mounts=policy.get("allowed_bind_mounts", _list_of(_absolute_path), ()),
         ),
         status_interval=deploy.get("status_interval", _duration(positive=True), 30.0),
@@ -1369,6 +1397,11 @@ def _deploy(top: _Section) -> DeployConfig:
             "max_compose_size",
             _size(_KiB, 16 * _MiB, why_maximum=" (a compose file, not an image)"),
             256 * _KiB,
+        ),
+        compose_memory_limit=deploy.get(
+            "compose_memory_limit",
+            _size(64 * _MiB),
+            512 * _MiB,
         ),
         registries={
             name: _registry(name, value, path)

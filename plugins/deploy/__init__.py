@@ -18,7 +18,9 @@ Exception tree (:mod:`.errors`)::
 
     DeployError                     one line, fit for a status topic's ``error``
     ├── InvalidDeploymentError      refused before anything runs: name, size, envelope, YAML,
-    │                               compose model, policy, unknown registry_auth, missing image
+    │   │                           compose model, policy, unknown registry_auth (remembered:
+    │   │                           not tried again until the message or the config changes)
+    │   └── ImagesMissingError      pull: never and an image is missing (tried again at start)
     ├── SourceFetchError            the compose file could not be fetched from S3
     ├── CredentialsError            registry credentials could not be obtained
     ├── DockerUnavailableError      the engine does not answer: ``pending``, retried
@@ -36,6 +38,7 @@ from headwater.plugins.deploy.errors import (
     DeployError,
     DockerUnavailableError,
     EngineError,
+    ImagesMissingError,
     InvalidDeploymentError,
     SourceFetchError,
 )
@@ -59,6 +62,7 @@ __all__ = [
     "DesiredState",
     "DockerUnavailableError",
     "EngineError",
+    "ImagesMissingError",
     "InvalidDeploymentError",
     "PluginStatus",
     "ServiceStatus",

@@ -14,6 +14,7 @@ __all__ = [
     "DeployError",
     "DockerUnavailableError",
     "EngineError",
+    "ImagesMissingError",
     "InvalidDeploymentError",
     "SourceFetchError",
 ]
@@ -24,7 +25,15 @@ class DeployError(Exception):
 
 
 class InvalidDeploymentError(DeployError):
-    """The desired state is refused before anything runs (name, size, YAML, model, policy)."""
+    """The desired state is refused before anything runs (name, size, YAML, model, policy).
+
+    The plugin remembers the refused revision and does not try it again (at a restart, when
+    the engine comes back) until the message, the deploy config or ``force`` says otherwise.
+    """
+
+
+class ImagesMissingError(InvalidDeploymentError):
+    """``pull: never`` and an image is not on the gateway: tried again at the next start."""
 
 
 class SourceFetchError(DeployError):

@@ -29,8 +29,18 @@ intermediate ones are skipped. Applying a desired state:
    healthcheck is undecided, then ``running`` (every service runs, healthy if it has a check) or
    ``degraded``;
 4. any refusal or failure ends in ``failed`` with the error and compose's last lines; a new app
-   that failed leaves nothing behind (``down``, files removed); a failed update leaves the
-   previous version as it was.
+   that failed leaves nothing behind (``down`` if ``up`` ran, files removed); a failed update
+   leaves the previous version as it was.
+
+Refused revisions are not tried again: a desired state refused before anything ran
+(:class:`~.errors.InvalidDeploymentError`: envelope, YAML, alias budget, keys, policy, a file
+docker compose config refused) is remembered with its revision and a fingerprint of the deploy
+config (``refused.json``, :mod:`.workspace`). At a restart, a reconcile, or when the same message
+comes again, that revision gets its ``failed`` status back without any work — no docker compose
+run — until the message changes (a new revision), it arrives with ``force``, or the deploy
+config changes (a policy switch turned on). Missing images with ``pull: never``
+(:class:`~.errors.ImagesMissingError`) are not remembered: loading the image and restarting
+is enough.
 
 Removal: ``removing``, ``docker compose down`` (named volumes are kept), files removed,
 ``removed``.
@@ -61,6 +71,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 import time
@@ -75,6 +87,7 @@ from headwater.plugins.deploy.errors import (
     DeployError,
     DockerUnavailableError,
     EngineError,
+    ImagesMissingError,
     InvalidDeploymentError,
 )
 from headwater.plugins.deploy.model import (
@@ -99,7 +112,7 @@ from headwater.plugins.deploy.validate import (
     parse_compose,
     registry_of,
 )
-from headwater.plugins.deploy.workspace import AppState, DeployWorkspace
+from headwater.plugins.deploy.workspace import AppState, DeployWorkspace, Refusal
 from headwater.plugins.streams.store import StorageError
 
 if TYPE_CHECKING:
@@ -190,11 +203,16 @@ class DeployPlugin:
         self.docker_host = config.docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
         self._engine = DockerEngine(self.docker_host)
         self._runner = ComposeRunner(
-            docker_host=self.docker_host, timeout=config.timeout, command=config.compose_command
+            docker_host=self.docker_host,
+            timeout=config.timeout,
+            command=config.compose_command,
+            memory_limit=config.compose_memory_limit,
         )
         self._aws = DeployAws(host.config.aws)
         self._workspace = DeployWorkspace(host.config.data_dir)
         self._instance = self._workspace.prepare()
+        self._refused = self._workspace.read_refusals()
+        self._config_key = _config_fingerprint(config, self.docker_host)
         self._semaphore = asyncio.Semaphore(self._max_parallel)
         self._started_at = time.time()
         for message in host.database.retained.load_all():
@@ -362,8 +380,19 @@ class DeployPlugin:
     async def _apply(self, app: _App, payload: bytes, *, live: bool) -> None:
         if not payload:
             await self._remove(app)
+            self._forget_refusal(app.name)
             return
         revision = revision_of(payload)
+        assert revision is not None  # noqa: S101 - a non-empty message has one
+        refusal = self._refused.get(app.name)
+        if (
+            refusal is not None
+            and (refusal.revision, refusal.config) == (revision, self._config_key)
+            and not (live and _forced(payload))
+        ):
+            logger.info("deploy: %s revision %s was refused: not tried again", app.name, revision)
+            await self._publish_failed(app, revision, refusal.error, (), live=live)
+            return
         try:
             desired = parse_desired(payload, max_size=self._config.max_compose_size)
             await self._deploy(app, desired, revision, live=live)
@@ -374,20 +403,44 @@ class DeployPlugin:
                 exc = DeployError(f"cannot write under {self._workspace.root}: {exc.strerror or exc}")
             self._failures += 1
             logger.warning("deploy: %s revision %s failed: %s", app.name, revision, exc)
-            state = self._workspace.read_state(app.name)
-            failed = DeploymentStatus(
-                app=app.name,
-                state="failed",
-                revision=revision,
-                services=await self._services_if_any(app.name, state),
-                error=str(exc),
-                output=getattr(exc, "output", ())[-_OUTPUT_LINES:],
-                deployed_at=format_time(state.deployed_at) if state else None,
+            if isinstance(exc, InvalidDeploymentError) and not isinstance(exc, ImagesMissingError):
+                self._remember_refusal(app.name, Refusal(revision, self._config_key, str(exc)))
+            await self._publish_failed(
+                app, revision, str(exc), getattr(exc, "output", ())[-_OUTPUT_LINES:], live=live
             )
-            await self._publish(app, failed, fresh=live)
+        else:
+            self._forget_refusal(app.name)
 
-    async def _deploy(self, app: _App, desired: DesiredState, revision: str | None, *, live: bool) -> None:
-        assert revision is not None  # noqa: S101 - a non-empty message has one
+    async def _publish_failed(
+        self, app: _App, revision: str, error: str, output: tuple[str, ...], *, live: bool
+    ) -> None:
+        state = self._workspace.read_state(app.name)
+        failed = DeploymentStatus(
+            app=app.name,
+            state="failed",
+            revision=revision,
+            services=await self._services_if_any(app.name, state),
+            error=error,
+            output=output,
+            deployed_at=format_time(state.deployed_at) if state else None,
+        )
+        await self._publish(app, failed, fresh=live)
+
+    def _remember_refusal(self, app: str, refusal: Refusal) -> None:
+        self._refused[app] = refusal
+        self._write_refusals()
+
+    def _forget_refusal(self, app: str) -> None:
+        if self._refused.pop(app, None) is not None:
+            self._write_refusals()
+
+    def _write_refusals(self) -> None:
+        try:
+            self._workspace.write_refusals(self._refused)
+        except OSError as exc:  # then a restart tries the refused revision once more: no harm
+            logger.warning("deploy: cannot record refused revisions: %s", exc.strerror or exc)
+
+    async def _deploy(self, app: _App, desired: DesiredState, revision: str, *, live: bool) -> None:
         force = desired.force and live
         project = project_name(app.name)
         previous = self._workspace.read_state(app.name)
@@ -412,9 +465,9 @@ class DeployPlugin:
         async with self._semaphore:
             try:
                 expected = await self._compose_up(app.name, desired, force=force)
-            except DeployError:
+            except DeployError as exc:
                 if previous is None:
-                    await self._clean_up_new_app(app.name)
+                    await self._clean_up_new_app(app.name, ran_up=not isinstance(exc, InvalidDeploymentError))
                 raise
             deployed_at = time.time()
             self._workspace.write_state(
@@ -433,7 +486,9 @@ class DeployPlugin:
         else:
             assert desired.compose is not None  # noqa: S101 - one of the two, by parse_desired
             text = desired.compose
-        model = await asyncio.to_thread(parse_compose, text)
+        model = await asyncio.to_thread(
+            functools.partial(parse_compose, text, max_size=config.max_compose_size)
+        )
         services = check_compose_model(model)
         named = [self._registry(name) for name in desired.registry_auth]
         files = self._workspace.write_compose(app, text, services)
@@ -443,13 +498,15 @@ class DeployPlugin:
         except ComposeFailedError as exc:
             raise InvalidDeploymentError(f"the compose file was refused by {exc}") from exc
         expected = check_compose_model(resolved)
-        check_policy(resolved, config.policy, project_dir=str(files[0].parent))
+        check_policy(
+            resolved, config.policy, project_dir=str(files[0].parent), protected_paths=self._protected_paths()
+        )
         pull = desired.pull or config.pull
         images = images_of(resolved)
         if pull == "never":
             missing = await self._engine.missing_images(images)
             if missing:
-                raise InvalidDeploymentError(
+                raise ImagesMissingError(
                     f"image(s) not on this gateway and pull is never: {', '.join(missing)}"
                 )
         needs_ecr = pull != "never" and any(ecr_registry(registry_of(image)) for image in images)
@@ -472,6 +529,13 @@ class DeployPlugin:
             raise
         return expected
 
+    def _protected_paths(self) -> tuple[str, ...]:
+        """Host paths no app may mount, besides the engine's usual ones: its socket here, our files."""
+        paths = [str(self._workspace.root)]
+        if self.docker_host.startswith("unix://"):
+            paths.append(self.docker_host.removeprefix("unix://"))
+        return tuple(paths)
+
     def _registry(self, name: str) -> RegistryCredential:
         credential = self._config.registries.get(name)
         if credential is None:
@@ -482,11 +546,12 @@ class DeployPlugin:
             )
         return credential
 
-    async def _clean_up_new_app(self, app: str) -> None:
+    async def _clean_up_new_app(self, app: str, *, ran_up: bool) -> None:
         """A new app failed: leave nothing behind (containers, networks, files)."""
-        # Even a refused file may have got as far as a network that `up` created: always down.
-        with contextlib.suppress(DeployError):
-            await self._runner.down(project_name(app), stop_timeout=2)
+        # A failed `up` may have got as far as a network: down. A refused file never ran `up`.
+        if ran_up:
+            with contextlib.suppress(DeployError):
+                await self._runner.down(project_name(app), stop_timeout=2)
         self._workspace.remove(app)
 
     async def _remove(self, app: _App) -> None:
@@ -608,6 +673,8 @@ class DeployPlugin:
         for name in self._workspace.apps():
             if name not in self._apps and name not in found:
                 self._workspace.remove(name)
+        for name in [name for name in self._refused if name not in self._apps]:
+            self._forget_refusal(name)  # its message was cleared while Headwater was away
         for app in self._apps.values():
             app.reconcile = True
             app.wake.set()
@@ -668,3 +735,23 @@ class DeployPlugin:
             logger.warning("deploy: status %s not published: %s", topic, exc)
             return
         self._statuses_published += 1
+
+
+def _forced(payload: bytes) -> bool:
+    """The message asks for ``force`` (False when it is no valid deploy message)."""
+    try:
+        return parse_desired(payload).force
+    except InvalidDeploymentError:
+        return False
+
+
+def _config_fingerprint(config: DeployConfig, docker_host: str) -> str:
+    """What a refusal depends on besides the message: a config change tries refused files again."""
+    relevant = (
+        config.policy,
+        config.max_compose_size,
+        config.compose_memory_limit,
+        sorted(config.registries.items()),
+        docker_host,
+    )
+    return hashlib.sha256(repr(relevant).encode()).hexdigest()[:16]

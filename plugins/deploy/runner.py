@@ -19,6 +19,20 @@ credentials that a compose file could otherwise copy into a container with ``${V
 
 Every run is killed (SIGTERM to its process group, SIGKILL 5 s later) when it exceeds
 ``timeout`` or when the calling task is cancelled; nothing is left running.
+
+Memory: every compose run (not the version probe) starts with ``RLIMIT_DATA`` set to
+``memory_limit`` (``deploy.compose_memory_limit``), inherited by the compose plugin that
+``docker compose`` starts. A file that makes compose allocate more (a YAML alias bomb that got
+past the checks, a huge model) fails fast with "out of memory" instead of taking the gateway's
+memory until the timeout. How the limit is set, and why not otherwise:
+
+* not ``preexec_fn``: it runs Python between fork and exec, which is unsafe in a process with
+  threads (Headwater has them: ``asyncio.to_thread``, RocksDB); instead the child is a tiny
+  ``python -I -S -c`` that sets the limit and ``exec``s compose (the same interpreter as
+  Headwater, so it exists wherever Headwater runs; ``prlimit`` may not);
+* not ``RLIMIT_AS``: Go reserves hundreds of MiB of address space at start, so compose dies at
+  once below ~1 GiB of address space whatever it would really use; ``RLIMIT_DATA`` counts the
+  memory it writes to, which is what grows.
 """
 
 from __future__ import annotations
@@ -33,8 +47,9 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -75,6 +90,17 @@ _READ_LIMIT: Final = 1024 * 1024  # one output line may be long (pull progress, 
 _PROGRESS_FLAG_SINCE: Final = (2, 20)
 _DOCKER_HUB_AUTH_KEY: Final = "https://index.docker.io/v1/"
 _SUBCOMMANDS: Final = ("version", "config", "up", "down")
+# argv[1] is the limit in bytes, argv[2:] the program and its arguments (see the module docstring).
+_LIMIT_MEMORY: Final = """
+import os, resource, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    sys.exit(f"cannot run {sys.argv[2]}: {exc.strerror}")
+"""
+_OUT_OF_MEMORY: Final = ("cannot allocate memory", "out of memory", "MemoryError")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +135,7 @@ class _Completed:
     returncode: int
     stdout: bytes  # only when captured separately (config --format json)
     lines: tuple[str, ...]  # the last lines of the merged (or stderr) output
+    out_of_memory: bool = False  # a line said so (the line itself may be gone from `lines`)
 
 
 class ComposeRunner:
@@ -122,9 +149,11 @@ class ComposeRunner:
         command: Sequence[str] | None = None,
         keep_lines: int = 40,
         environ: Mapping[str, str] | None = None,
+        memory_limit: int | None = None,
     ) -> None:
         self.docker_host = docker_host
         self.timeout = timeout
+        self.memory_limit = memory_limit  # bytes of RLIMIT_DATA per compose run; None: no limit
         self._command = tuple(command) if command else None
         self._keep_lines = keep_lines
         self._environ = dict(os.environ if environ is None else environ)
@@ -261,9 +290,12 @@ class ComposeRunner:
         if program.version_tuple >= _PROGRESS_FLAG_SINCE:
             global_args += ["--progress", "plain"]
         cwd = project.files[0].parent if project.files else Path("/")
+        argv = program.argv
+        if self.memory_limit is not None:
+            argv = (sys.executable, "-I", "-S", "-c", _LIMIT_MEMORY, str(self.memory_limit), *argv)
         try:
-            return await self._exec(
-                program.argv,
+            completed = await self._exec(
+                argv,
                 (*global_args, *args),
                 env=self.environment(project),
                 cwd=cwd,
@@ -273,6 +305,12 @@ class ComposeRunner:
             )
         except OSError as exc:
             raise ComposeFailedError(f"cannot run {' '.join(program.argv)}: {exc.strerror or exc}") from exc
+        if not completed.out_of_memory:
+            return completed
+        if completed.returncode == 0 or self.memory_limit is None:
+            return replace(completed, out_of_memory=False)
+        reason = f"ran out of memory (deploy.compose_memory_limit: {self.memory_limit // (1024 * 1024)}MiB)"
+        return replace(completed, lines=(*completed.lines, reason))
 
     async def _exec(
         self,
@@ -286,6 +324,7 @@ class ComposeRunner:
         log_as: str | None = None,
     ) -> _Completed:
         lines: collections.deque[str] = collections.deque(maxlen=self._keep_lines)
+        out_of_memory = False
         process = await asyncio.create_subprocess_exec(
             *argv,
             *args,
@@ -300,9 +339,11 @@ class ComposeRunner:
         assert process.stdout is not None  # noqa: S101 - PIPE was asked for
 
         async def collect(stream: asyncio.StreamReader) -> None:
+            nonlocal out_of_memory
             while raw := await stream.readline():
                 line = raw.decode(errors="replace").rstrip()
                 lines.append(line)
+                out_of_memory = out_of_memory or any(sign in line for sign in _OUT_OF_MEMORY)
                 if log_as is not None:
                     logger.debug("compose %s: %s", log_as, line)
 
@@ -325,7 +366,9 @@ class ComposeRunner:
             if process.returncode is None:
                 await _kill(process)
         assert process.returncode is not None  # noqa: S101 - waited for
-        return _Completed(returncode=process.returncode, stdout=stdout, lines=tuple(lines))
+        return _Completed(
+            returncode=process.returncode, stdout=stdout, lines=tuple(lines), out_of_memory=out_of_memory
+        )
 
 
 async def _kill(process: asyncio.subprocess.Process) -> None:
@@ -342,6 +385,8 @@ async def _kill(process: asyncio.subprocess.Process) -> None:
 
 def _failure(what: str, completed: _Completed) -> str:
     """One line: what failed and compose's most telling line (its last error line)."""
+    if completed.out_of_memory:
+        return f"{what} exited {completed.returncode}: {completed.lines[-1]}"
     reason = next(
         (line.strip() for line in reversed(completed.lines) if line.strip() and "error" in line.lower()),
         next((line.strip() for line in reversed(completed.lines) if line.strip()), "no output"),

@@ -4,6 +4,7 @@ Layout (the only module that builds these paths)::
 
     <data_dir>/deploy/                       0700
         instance                             0600  this Headwater's id (random, made once)
+        refused.json                         0600  refused revisions, so that they are not retried
         app-<app>/                           0700, one per app Headwater has files for
             compose.yaml                     0600  the compose file as received (or fetched)
             headwater.labels.yaml            0600  Headwater's labels on every service
@@ -29,6 +30,10 @@ Invariants:
   changes nothing (compose recreates only containers whose configuration changed).
 * The folder is deleted after a successful ``down`` (and at start-up for apps that have neither
   a desired state nor containers).
+* ``refused.json`` is ``{"version": 1, "apps": {app: {"revision", "config", "error"}}}``: the
+  revision of each app that was refused (with the fingerprint of the deploy config that refused
+  it and the one-line error, which never holds a credential). It lives outside the app folders,
+  which a refused new app does not keep, and is replaced atomically.
 """
 
 from __future__ import annotations
@@ -45,12 +50,13 @@ from typing import Final
 from headwater.plugins.deploy.engine import APP_LABEL, INSTANCE_LABEL
 from headwater.plugins.deploy.model import app_name_problem, check_app_name
 
-__all__ = ["AppState", "DeployWorkspace"]
+__all__ = ["AppState", "DeployWorkspace", "Refusal"]
 
 _DIRECTORY_PREFIX: Final = "app-"
 _COMPOSE_FILE: Final = "compose.yaml"
 _LABELS_FILE: Final = "headwater.labels.yaml"
 _STATE_FILE: Final = "state.json"
+_REFUSED_FILE: Final = "refused.json"
 _INSTANCE_FILE: Final = "instance"
 _INSTANCE_DIGITS: Final = 16
 _STATE_VERSION: Final = 1
@@ -63,6 +69,15 @@ class AppState:
     revision: str
     deployed_at: float  # epoch seconds
     services: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A revision of an app that was refused, and by which deploy config."""
+
+    revision: str
+    config: str  # a fingerprint of the deploy config that refused it
+    error: str
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -162,3 +177,31 @@ class DeployWorkspace:
     def remove(self, app: str) -> None:
         """Delete the folder of ``app`` (nothing happens if there is none)."""
         shutil.rmtree(self.directory(app), ignore_errors=True)
+
+    def read_refusals(self) -> dict[str, Refusal]:
+        """The refused revisions by app (none when the file is missing or unreadable)."""
+        try:
+            document = json.loads((self.root / _REFUSED_FILE).read_bytes())
+        except (OSError, ValueError):
+            return {}
+        apps = document.get("apps") if isinstance(document, dict) else None
+        if document.get("version") != _STATE_VERSION or not isinstance(apps, dict):
+            return {}
+        refusals = {}
+        for app, entry in apps.items():
+            if app_name_problem(app) is None and isinstance(entry, dict):
+                revision, config, error = entry.get("revision"), entry.get("config"), entry.get("error")
+                if isinstance(revision, str) and isinstance(config, str) and isinstance(error, str):
+                    refusals[app] = Refusal(revision=revision, config=config, error=error)
+        return refusals
+
+    def write_refusals(self, refusals: dict[str, Refusal]) -> None:
+        """Replace the refused revisions with ``refusals``."""
+        document = {
+            "version": _STATE_VERSION,
+            "apps": {
+                app: {"revision": refusal.revision, "config": refusal.config, "error": refusal.error}
+                for app, refusal in sorted(refusals.items())
+            },
+        }
+        _write_private(self.root / _REFUSED_FILE, json.dumps(document).encode())

@@ -310,7 +310,13 @@ def test_refused_deployments_fail_start_nothing_and_leave_others_alone(
 
     assert containers(docker_client, good_project) == good_containers
     assert http_get(host_port(running)).strip() == "good"
-    assert sorted(path.name for path in deploy_root(tmp_path).iterdir()) == ["app-" + good, "instance"]
+    assert sorted(path.name for path in deploy_root(tmp_path).iterdir()) == [
+        "app-" + good,
+        "instance",
+        "refused.json",  # the refused revisions, not tried again (missing images are)
+    ]
+    refused = json.loads((deploy_root(tmp_path) / "refused.json").read_text())["apps"]
+    assert len(refused) == len(REFUSED_FILES) - 1
 
 
 @pytest.mark.parametrize("name", ["Bad_Name", "-dash", "a" * 64, "../x", "sub/../../x", "a.b", "..", "x y"])

@@ -55,10 +55,20 @@ def running(pid: int) -> bool:
     return state != "Z"
 
 
-def runner_for(program: Path, *, timeout: float = 30, environ: dict[str, str] | None = None) -> ComposeRunner:
+def runner_for(
+    program: Path,
+    *,
+    timeout: float = 30,
+    environ: dict[str, str] | None = None,
+    memory_limit: int | None = None,
+) -> ComposeRunner:
     env = {"PATH": os.environ["PATH"], "HOME": "/root", **(environ or {})}
     return ComposeRunner(
-        docker_host="unix:///tmp/nowhere.sock", timeout=timeout, command=[str(program)], environ=env
+        docker_host="unix:///tmp/nowhere.sock",
+        timeout=timeout,
+        command=[str(program)],
+        environ=env,
+        memory_limit=memory_limit,
     )
 
 
@@ -236,3 +246,45 @@ def test_an_absent_engine_is_unavailable_and_leaks_nothing(tmp_path: Path) -> No
     unsupported = DockerEngine("ssh://gateway")
     with pytest.raises(DockerUnavailableError, match="unsupported Docker host 'ssh://gateway'"):
         asyncio.run(unsupported.connect())
+
+
+# --- memory ----------------------------------------------------------------------------------------
+
+MiB = 1024 * 1024
+
+
+def test_compose_runs_with_the_data_memory_limit(fake_program: Callable[[str], Path], tmp_path: Path) -> None:
+    limits = tmp_path / "limits"
+    # The compose program and what it starts (here: cat) see the limit.
+    program = fake_program(f"cat /proc/self/limits > {limits}\necho '{{}}'\n")
+    asyncio.run(runner_for(program, memory_limit=96 * MiB).config(project(tmp_path)))
+    [line] = [line for line in limits.read_text().splitlines() if line.startswith("Max data size")]
+    assert line.split()[3:5] == [str(96 * MiB), str(96 * MiB)]
+
+
+def test_a_compose_run_that_wants_more_memory_fails_and_says_why(
+    fake_program: Callable[[str], Path], tmp_path: Path
+) -> None:
+    program = fake_program('exec python3 -c "bytearray(512 * 1024 * 1024)"\n')
+    with pytest.raises(ComposeFailedError) as info:
+        asyncio.run(
+            runner_for(program, memory_limit=64 * MiB).up(project(tmp_path), pull="never", force=False)
+        )
+    assert str(info.value) == (
+        "docker compose up exited 1: ran out of memory (deploy.compose_memory_limit: 64MiB)"
+    )
+    # Without a limit the same program gets its memory.
+    asyncio.run(runner_for(program).up(project(tmp_path), pull="never", force=False))
+
+
+def test_the_real_docker_compose_stops_at_the_limit_on_an_alias_bomb(tmp_path: Path) -> None:
+    """The attacker review's 386-byte file, straight to docker compose config (no checks)."""
+    lines = ["services:", "  web:", "    image: busybox", "x0: &a0 [x,x,x,x,x,x,x,x,x]"]
+    lines += [f"x{n}: &a{n} [" + ",".join([f"*a{n - 1}"] * 9) + "]" for n in range(1, 8)]
+    compose = tmp_path / "compose.yaml"
+    compose.write_text("\n".join(lines) + "\n")
+    runner = ComposeRunner(docker_host="unix:///var/run/docker.sock", timeout=300, memory_limit=128 * MiB)
+    with pytest.raises(ComposeFailedError) as info:
+        asyncio.run(runner.config(ComposeProject(name="headwater-bomb", files=(compose,))))
+    assert not isinstance(info.value, ComposeTimeoutError)
+    assert str(info.value).startswith("docker compose config exited 2: ran out of memory")

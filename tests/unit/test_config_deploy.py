@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from headwater.broker.config import ConfigError, DeployConfig, RegistryCredential, parse_config
+from headwater.broker.config import ConfigError, DeployConfig, DeployPolicy, RegistryCredential, parse_config
 
 
 def deploy_of(section: dict[str, Any]) -> DeployConfig:
@@ -28,7 +28,19 @@ def test_defaults() -> None:
     assert deploy.docker_host is None
     assert deploy.compose_command is None
     assert deploy.max_compose_size == 256 * 1024
+    assert deploy.compose_memory_limit == 512 * 1024 * 1024
     assert deploy.registries == {}
+    assert deploy.policy == DeployPolicy()
+    assert not any(
+        getattr(deploy.policy, switch)
+        for switch in (
+            "allow_privileged",
+            "allow_host_network",
+            "allow_external_volumes",
+            "allow_external_networks",
+            "allow_kernel_tuning",
+        )
+    )
 
 
 def test_every_key() -> None:
@@ -39,6 +51,15 @@ def test_every_key() -> None:
             "docker_host": "tcp://10.0.0.2:2375",
             "compose_command": ["/usr/local/bin/docker-compose"],
             "max_compose_size": "1MiB",
+            "compose_memory_limit": "1GiB",
+            "policy": {
+                "allow_privileged": True,
+                "allow_host_network": True,
+                "allow_external_volumes": True,
+                "allow_external_networks": True,
+                "allow_kernel_tuning": True,
+                "allowed_bind_mounts": ["/srv/apps", "/dev/ttyUSB0"],
+            },
             "registries": {
                 "ghcr": {"server": "ghcr.io", "secret_id": "gateway/ghcr"},
                 "lan": {
@@ -53,6 +74,15 @@ def test_every_key() -> None:
     assert deploy.docker_host == "tcp://10.0.0.2:2375"
     assert deploy.compose_command == ("/usr/local/bin/docker-compose",)
     assert deploy.max_compose_size == 1024 * 1024
+    assert deploy.compose_memory_limit == 1024**3
+    assert deploy.policy == DeployPolicy(
+        allow_privileged=True,
+        allow_host_network=True,
+        allow_external_volumes=True,
+        allow_external_networks=True,
+        allow_kernel_tuning=True,
+        allowed_bind_mounts=("/srv/apps", "/dev/ttyUSB0"),
+    )
     assert deploy.registries["ghcr"] == RegistryCredential(
         name="ghcr", server="ghcr.io", secret_id="gateway/ghcr"
     )
@@ -90,6 +120,31 @@ def test_docker_hosts(host: str) -> None:
         ({"status_interval": "soon"}, "deploy.status_interval: expected a duration such as 30s, got 'soon'"),
         ({"timeout": "-1s"}, "deploy.timeout: must not be negative, got '-1s'"),
         ({"max_compose_size": "100B"}, "deploy.max_compose_size: must be at least 1KiB"),
+        ({"compose_memory_limit": "1MiB"}, "deploy.compose_memory_limit: must be at least 64MiB"),
+        (
+            {"compose_memory_limit": True},
+            "deploy.compose_memory_limit: expected a size such as 256MiB, got true",
+        ),
+        (
+            {"policy": {"allow_external_volumes": "yes"}},
+            "deploy.policy.allow_external_volumes: expected a boolean, got 'yes'",
+        ),
+        (
+            {"policy": {"allow_kernel_tuning": 1}},
+            "deploy.policy.allow_kernel_tuning: expected a boolean, got 1",
+        ),
+        (
+            {"policy": {"allow_docker_socket": True}},
+            (
+                "deploy.policy.allow_docker_socket: unknown key (expected one of: allow_external_networks, "
+                "allow_external_volumes, allow_host_network, allow_kernel_tuning, allow_privileged, "
+                "allowed_bind_mounts)"
+            ),
+        ),
+        (
+            {"policy": {"allowed_bind_mounts": ["var/run"]}},
+            "deploy.policy.allowed_bind_mounts[0]: must be an absolute path, got 'var/run'",
+        ),
         (
             {"max_compose_size": "1GiB"},
             "deploy.max_compose_size: must be at most 16MiB (a compose file, not an image)",
@@ -140,8 +195,8 @@ def test_docker_hosts(host: str) -> None:
         (
             {"registry": {}},
             (
-                "deploy.registry: unknown key (expected one of: compose_command, docker_host, enabled, "
-                "max_compose_size, policy, pull, registries, status_interval, timeout)"
+                "deploy.registry: unknown key (expected one of: compose_command, compose_memory_limit, "
+                "docker_host, enabled, max_compose_size, policy, pull, registries, status_interval, timeout)"
             ),
         ),
     ],
