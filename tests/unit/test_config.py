@@ -284,8 +284,9 @@ def test_leading_zero_is_not_octal(tmp_path: Path) -> None:
         (
             {"deploy": {"policy": {"allow_root": True}}},
             (
-                "deploy.policy.allow_root: unknown key (expected one of: allow_host_network, "
-                "allow_privileged, allowed_bind_mounts)"
+                "deploy.policy.allow_root: unknown key (expected one of: allow_external_networks, "
+                "allow_external_volumes, allow_host_network, allow_kernel_tuning, allow_privileged, "
+                "allowed_bind_mounts)"
             ),
         ),
     ],
