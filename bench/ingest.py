@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib.metadata
 import importlib.util
 import os
@@ -96,24 +97,29 @@ class Target:
     loop: LoopName | None
     #: Headwater only: None (no streams), or the durable file stream with or without fsync.
     stream: Literal["file", "file-fsync"] | None = None
+    #: Headwater only: True runs the ``--baseline`` executable (another checkout) instead.
+    baseline: bool = False
 
     @property
     def name(self) -> str:
         """The row's name for ``--only``: ``headwater-uvloop``, ``headwater-stream``, ``mosquitto``..."""
         if self.stream == "file":
-            return f"{self.broker}-stream"
-        if self.stream == "file-fsync":
-            return f"{self.broker}-stream-fsync"
-        return f"{self.broker}-{self.loop}" if self.loop else self.broker
+            name = f"{self.broker}-stream"
+        elif self.stream == "file-fsync":
+            name = f"{self.broker}-stream-fsync"
+        else:
+            name = f"{self.broker}-{self.loop}" if self.loop else self.broker
+        return f"{name}-baseline" if self.baseline else name
 
     @property
     def label(self) -> str:
         """The broker column of the table."""
+        label: str = self.broker
         if self.stream == "file":
-            return f"{self.broker} + stream"
-        if self.stream == "file-fsync":
-            return f"{self.broker} + stream, fsync"
-        return self.broker
+            label = f"{self.broker} + stream"
+        elif self.stream == "file-fsync":
+            label = f"{self.broker} + stream, fsync"
+        return f"{label} (baseline)" if self.baseline else label
 
 
 ALL_TARGETS = (
@@ -134,6 +140,8 @@ class Tools:
     mosquitto_pub: Path
     mosquitto: Path | None
     headwater: Path | None
+    #: ``--baseline``: another checkout's ``headwater``, measured in the same interleaved run.
+    baseline: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,10 +258,11 @@ def _headwater_config(target: Target) -> str:
 def _broker_command(target: Target, tools: Tools, workdir: Path) -> tuple[list[str], int | None]:
     """The command line starting ``target`` and its port (None: read it from Headwater's log)."""
     if target.broker == "headwater":
-        assert tools.headwater is not None  # noqa: S101 - find_tools checked it
+        executable = tools.baseline if target.baseline else tools.headwater
+        assert executable is not None  # noqa: S101 - find_tools checked it
         config = workdir / "headwater.yaml"
         config.write_text(_headwater_config(target))
-        command = [str(tools.headwater), "run", "-c", str(config), "--data-dir", str(workdir / "data")]
+        command = [str(executable), "run", "-c", str(config), "--data-dir", str(workdir / "data")]
         if target.loop == "asyncio":
             command.append("--no-uvloop")
         return command, None
@@ -560,6 +569,20 @@ def select_targets(only: str | None) -> list[Target]:
     return [target for target in ALL_TARGETS if target.name in wanted or target.broker in wanted]
 
 
+def with_baseline(tools: Tools, targets: Sequence[Target], baseline: Path) -> tuple[Tools, list[Target]]:
+    """Add a baseline twin after every headwater target, run with the ``baseline`` executable."""
+    if not os.access(baseline, os.X_OK):
+        raise BenchmarkError(f"--baseline: {baseline} is not an executable")
+    twins = [
+        variant
+        for target in targets
+        for variant in (
+            (target, dataclasses.replace(target, baseline=True)) if target.broker == "headwater" else (target,)
+        )
+    ]
+    return dataclasses.replace(tools, baseline=baseline.absolute()), twins
+
+
 def run_benchmark(targets: Sequence[Target], tools: Tools, settings: Settings) -> list[Row]:
     """Measure every target ``settings.repeat`` times, interleaved, each on a fresh broker."""
     rows = [Row(target) for target in targets]
@@ -623,6 +646,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the untimed pass that checks, with a subscriber, that every message arrives",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="HEADWATER",
+        type=Path,
+        help="another checkout's headwater executable: each headwater row is also measured with "
+        "it, interleaved in the same run (to check a change for regressions)",
+    )
     parser.add_argument("--serve-amqtt", choices=("uvloop", "asyncio"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     return parser
@@ -655,6 +685,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         targets = select_targets(args.only)
         tools = find_tools(targets)
+        if args.baseline is not None:
+            tools, targets = with_baseline(tools, targets, args.baseline)
+            print(f"baseline:  {tools.baseline}")
         print(f"command:   {shlex.join([sys.executable, *sys.argv])}")
         chunks = -(-settings.messages // MAX_MESSAGES_PER_PUBLISHER)
         print(
