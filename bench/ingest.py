@@ -573,13 +573,11 @@ def with_baseline(tools: Tools, targets: Sequence[Target], baseline: Path) -> tu
     """Add a baseline twin after every headwater target, run with the ``baseline`` executable."""
     if not os.access(baseline, os.X_OK):
         raise BenchmarkError(f"--baseline: {baseline} is not an executable")
-    twins = [
-        variant
-        for target in targets
-        for variant in (
-            (target, dataclasses.replace(target, baseline=True)) if target.broker == "headwater" else (target,)
-        )
-    ]
+    twins: list[Target] = []
+    for target in targets:
+        twins.append(target)
+        if target.broker == "headwater":
+            twins.append(dataclasses.replace(target, baseline=True))
     return dataclasses.replace(tools, baseline=baseline.absolute()), twins
 
 
