@@ -257,9 +257,9 @@ class ConnectionHandler(DurableAckProtocolHandler):
         assert self.reader is not None  # noqa: S101 - checked by the loop
         limits = self._limits
         try:
-            frame = await asyncio.wait_for(
-                read_frame(self.reader, max_packet_size=limits.limits.max_packet_size), idle_limit
-            )
+            # asyncio.timeout, not wait_for: wait_for wraps every read in a task of its own.
+            async with asyncio.timeout(idle_limit):
+                frame = await read_frame(self.reader, max_packet_size=limits.limits.max_packet_size)
             if frame is None:
                 return None
             return frame, await parse_frame(frame)
