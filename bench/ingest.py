@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -228,7 +229,24 @@ def _accepts_connections(port: int) -> bool:
         return False
 
 
-def _headwater_config(target: Target) -> str:
+# The verification pass has a subscriber that may fall behind the publisher: like mosquitto's
+# `max_queued_messages 0` below, let Headwater queue everything for it (its default keeps 1,000
+# and drops the rest, as mosquitto's default does). Checkouts before broker.limits lack the key.
+_UNLIMITED_QUEUE = "  limits: {max_queued_messages: 10000000}\n"
+
+
+@functools.cache
+def _knows_broker_limits(executable: Path) -> bool:
+    with tempfile.TemporaryDirectory(prefix="headwater-bench-probe-") as scratch:
+        config = Path(scratch) / "probe.yaml"
+        config.write_text("broker:\n" + _UNLIMITED_QUEUE)
+        probe = subprocess.run(  # noqa: S603 - the headwater executable the user named
+            [str(executable), "run", "-c", str(config), "--check-config"], capture_output=True, check=False
+        )
+    return probe.returncode == 0
+
+
+def _headwater_config(target: Target, executable: Path) -> str:
     """Headwater's config for ``target``: the broker alone, or with the benchmark's file stream."""
     if target.stream is None:
         streams = "streams: {}\n"
@@ -250,6 +268,7 @@ def _headwater_config(target: Target) -> str:
         + "topic_prefix: headwater\n"
         + "broker:\n"
         + f'  listeners:\n    default: {{bind: "{HOST}:0"}}\n'
+        + (_UNLIMITED_QUEUE if _knows_broker_limits(executable) else "")
         + streams
         + "deploy: {enabled: false}\n"
     )
@@ -261,7 +280,7 @@ def _broker_command(target: Target, tools: Tools, workdir: Path) -> tuple[list[s
         executable = tools.baseline if target.baseline else tools.headwater
         assert executable is not None  # noqa: S101 - find_tools checked it
         config = workdir / "headwater.yaml"
-        config.write_text(_headwater_config(target))
+        config.write_text(_headwater_config(target, executable))
         command = [str(executable), "run", "-c", str(config), "--data-dir", str(workdir / "data")]
         if target.loop == "asyncio":
             command.append("--no-uvloop")
