@@ -69,7 +69,8 @@ exit status (every command):
        an input file that cannot be read, a request Headwater found invalid
   {EXIT_NOT_FOUND}    not found: no such stream, export, app status, or user in a password file
   {EXIT_FORBIDDEN}    forbidden: the broker's ACL refused the operation
-  {EXIT_INTERRUPTED}  interrupted by Ctrl-C
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C (streams read --follow and deploy status --watch
+       end with Ctrl-C: 0)
   128+N  headwater run got signal N a second time and exited at once (130, 143)
 """
 

@@ -58,6 +58,12 @@ def _table_codes(text: str) -> list[str]:
     return re.findall(r"^  (\d+|128\+N)\s", text, flags=re.MULTILINE)
 
 
+def test_the_readme_has_the_same_exit_status_table() -> None:
+    section = README.read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    readme_codes = re.findall(r"^\| `?(\d+|128\+N)`? \|", section, flags=re.MULTILINE)
+    assert readme_codes == _table_codes(EXIT_STATUS_TABLE) == ["0", "1", "2", "3", "4", "130", "128+N"]
+
+
 # --- one instance per data directory --------------------------------------------------------------
 
 
@@ -234,3 +240,26 @@ def test_exit_130_interrupted(gateway: HeadwaterProcess, tmp_path: Path) -> None
     finally:
         waiting.kill()
         waiting.communicate()
+
+
+# --- the README's examples ---------------------------------------------------------------------
+
+
+def _shell_blocks(markdown: str) -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", markdown, flags=re.DOTALL)
+
+
+def test_files_the_readme_examples_name_exist() -> None:
+    named = [
+        path
+        for block in _shell_blocks(README.read_text())
+        for path in re.findall(r"(?:-f|-c) ((?:examples|config|docs)/\S+)", block)
+    ]
+    assert named, "the README's examples name files"
+    assert [path for path in named if not (REPO / path).exists()] == []
+
+
+def test_the_readme_never_kills_every_headwater_on_the_host() -> None:
+    text = README.read_text()
+    assert "pkill" not in text
+    assert 'kill -9 "$(cat headwater-data/headwater.pid)"' in text
