@@ -1,8 +1,14 @@
 """The ``headwater`` command line.
 
-Exit status: 0 success; 1 a runtime failure (broker could not start, storage error, a
-deployment failed); 2 bad usage or bad config (one line naming the key, no traceback);
-130/143 when a second SIGINT/SIGTERM forces an immediate exit.
+Exit status: one table for every command, :data:`EXIT_STATUS_TABLE` (also the epilog of
+``headwater --help`` and the README's "Command line" section). Every error is one line on
+standard error, never a traceback.
+
+``headwater run`` owns ``<data_dir>/headwater.pid``: it holds an exclusive ``flock`` on that file
+while it runs and writes its pid in it. The lock, not the file's existence, says "running": the
+kernel drops it when the process dies, even by ``kill -9``, so a stale file never blocks a start,
+and a second instance on the same data directory is told which pid holds it before it touches
+RocksDB. The file is removed at a clean exit.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import errno
+import fcntl
 import getpass
 import json
 import logging
@@ -21,6 +29,7 @@ import sys
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
@@ -45,6 +54,25 @@ logger = logging.getLogger("headwater")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_FORBIDDEN = 4
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+#: The exit statuses of every command (``headwater --help`` prints it; the README repeats it).
+EXIT_STATUS_TABLE: Final = f"""\
+exit status (every command):
+  {EXIT_OK}    success
+  {EXIT_FAILURE}    runtime failure: Headwater unreachable, no answer in time, the connection
+       dropped, a deployment failed or is degraded, Headwater could not start (port
+       taken, storage error, already running on that data directory)
+  {EXIT_USAGE}    usage or config error: bad arguments, an invalid config file, URL or name,
+       an input file that cannot be read, a request Headwater found invalid
+  {EXIT_NOT_FOUND}    not found: no such stream, export, app status, or user in a password file
+  {EXIT_FORBIDDEN}    forbidden: the broker's ACL refused the operation
+  {EXIT_INTERRUPTED}  interrupted by Ctrl-C (streams read --follow and deploy status --watch
+       end with Ctrl-C: 0)
+  128+N  headwater run got signal N a second time and exited at once (130, 143)
+"""
 
 
 def _fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
@@ -70,10 +98,89 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.check_config:
         print(f"{config.source}: OK")
         return EXIT_OK
-    setup_logging(log_format=args.log_format, level=args.log_level)
-    runner_factory = _event_loop_factory(use_uvloop=not args.no_uvloop)
-    with asyncio.Runner(loop_factory=runner_factory) as runner:
-        return runner.run(_serve(config))
+    pid_file = PidFile(config.data_dir)
+    try:
+        pid_file.acquire()
+    except AlreadyRunningError as exc:
+        _fail(str(exc), EXIT_FAILURE)
+    except OSError as exc:
+        _fail(f"cannot write {pid_file.path}: {exc.strerror or exc}", EXIT_FAILURE)
+    try:
+        setup_logging(log_format=args.log_format, level=args.log_level)
+        runner_factory = _event_loop_factory(use_uvloop=not args.no_uvloop)
+        with asyncio.Runner(loop_factory=runner_factory) as runner:
+            return runner.run(_serve(config))
+    finally:
+        pid_file.release()
+
+
+PID_FILE_NAME: Final = "headwater.pid"
+
+
+class AlreadyRunningError(Exception):
+    """Another process holds the lock of the data directory's pid file."""
+
+    def __init__(self, data_dir: Path, pid: int | None) -> None:
+        shown = f" (pid {pid})" if pid is not None else ""
+        super().__init__(f"Headwater is already running on {data_dir}{shown}")
+        self.pid = pid
+
+
+class PidFile:
+    """``<data_dir>/headwater.pid``, locked for as long as this process runs (module docstring)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir.absolute()
+        self.path = self.data_dir / PID_FILE_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Lock the file and write our pid; raise :class:`AlreadyRunningError` or ``OSError``."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                pid = _read_pid(fd)
+                os.close(fd)
+                if exc.errno in {errno.EWOULDBLOCK, errno.EAGAIN}:
+                    raise AlreadyRunningError(self.data_dir, pid) from None
+                raise
+            # The previous holder may have removed the file between our open and our lock: a
+            # lock on that orphan protects nothing, so lock the file now at the path instead.
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Remove the file, then drop the lock (idempotent)."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # empty: its holder has not written it yet
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        at_path = path.stat()
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 def _event_loop_factory(*, use_uvloop: bool) -> type[asyncio.AbstractEventLoop] | None:
@@ -148,7 +255,7 @@ def _read_password(username: str) -> str:
         first = getpass.getpass(f"Password for {username}: ")
         second = getpass.getpass("Repeat password: ")
         if first != second:
-            _fail("passwords do not match", EXIT_FAILURE)
+            _fail("passwords do not match", EXIT_USAGE)
         return first
     line = sys.stdin.readline()
     return line.rstrip("\r\n")
@@ -159,7 +266,7 @@ def _cmd_passwd(args: argparse.Namespace) -> int:
     try:
         if args.delete:
             if not delete_user(path, args.user):
-                _fail(f"{path}: no user {args.user!r}", EXIT_FAILURE)
+                _fail(f"{path}: no user {args.user!r}", EXIT_NOT_FOUND)
             print(f"removed {args.user} from {path}")
             return EXIT_OK
         set_password(path, args.user, _read_password(args.user))
@@ -186,8 +293,10 @@ def _stream_client(args: argparse.Namespace) -> StreamClient:
 def _cmd_streams(args: argparse.Namespace) -> int:
     """Run one ``headwater streams ACTION`` against the broker; errors become exit statuses."""
     from headwater.clients.streams import (  # noqa: PLC0415
+        ForbiddenError,
         InvalidStreamRequestError,
         StreamClientError,
+        StreamNotFoundError,
     )
 
     actions = {
@@ -206,6 +315,10 @@ def _cmd_streams(args: argparse.Namespace) -> int:
         _fail(f"--url: {exc}")
     except InvalidStreamRequestError as exc:
         _fail(str(exc))
+    except StreamNotFoundError as exc:
+        _fail(str(exc), EXIT_NOT_FOUND)
+    except ForbiddenError as exc:
+        _fail(str(exc), EXIT_FORBIDDEN)
     except StreamClientError as exc:
         _fail(str(exc), EXIT_FAILURE)
     except BrokenPipeError:
@@ -222,7 +335,7 @@ def _append_payload(args: argparse.Namespace) -> bytes:
     try:
         return Path(args.file).read_bytes()
     except OSError as exc:
-        _fail(f"{args.file}: {exc.strerror or exc}", EXIT_FAILURE)
+        _fail(f"{args.file}: {exc.strerror or exc}", EXIT_USAGE)
 
 
 def _print_json(value: object) -> None:
@@ -435,6 +548,12 @@ def _interruptible(client: StreamClient, records: Iterator[StreamRecord]) -> Ite
 
 
 def _streams_pause_or_resume(client: StreamClient, args: argparse.Namespace, _payload: bytes) -> int:
+    # Headwater answers an unknown export as an invalid request; for the exit status (not found)
+    # and a useful message, look first.
+    exports = [export.id for export in client.describe(args.name).exports]
+    if args.export not in exports:
+        listed = ", ".join(exports) or "none"
+        _fail(f"stream {args.name!r} has no export {args.export!r} (its exports: {listed})", EXIT_NOT_FOUND)
     if args.action == "pause":
         export = client.pause_export(args.name, args.export)
     else:
@@ -561,12 +680,16 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from headwater.clients.deploy import (  # noqa: PLC0415 - keeps `headwater run` light
         DeployClient,
         DeployClientError,
+        DeployForbiddenError,
         DeployTimeoutError,
         InvalidDeployRequestError,
+        app_topic_problem,
     )
     from headwater.plugins.deploy.model import app_name_problem  # noqa: PLC0415
 
-    if args.app is not None and (problem := app_name_problem(args.app)) is not None:
+    # Only a deployment needs a valid name: a refused one must stay removable and readable.
+    check = app_name_problem if args.action == "up" else app_topic_problem
+    if args.app is not None and (problem := check(args.app)) is not None:
         _fail(problem)
     payload = _compose_payload(args) if args.action == "up" else b""
     try:
@@ -580,6 +703,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         _fail(str(exc))
     except DeployTimeoutError as exc:
         _fail(str(exc), EXIT_FAILURE)
+    except DeployForbiddenError as exc:
+        _fail(str(exc), EXIT_FORBIDDEN)
     except DeployClientError as exc:
         _fail(str(exc), EXIT_FAILURE)
 
@@ -593,7 +718,7 @@ def _compose_payload(args: argparse.Namespace) -> bytes:
         try:
             data = Path(args.file).read_bytes()
         except OSError as exc:
-            _fail(f"{args.file}: {exc.strerror or exc}", EXIT_FAILURE)
+            _fail(f"{args.file}: {exc.strerror or exc}", EXIT_USAGE)
     try:
         text = data.decode()
     except UnicodeDecodeError:
@@ -702,7 +827,7 @@ def _deploy_status(client: DeployClient, args: argparse.Namespace) -> int:
                 else:
                     print(_status_line(update.status), flush=True)
         return EXIT_OK
-    return EXIT_FAILURE if args.app is not None and args.app not in statuses else EXIT_OK
+    return EXIT_NOT_FOUND if args.app is not None and args.app not in statuses else EXIT_OK
 
 
 def _status_table(
@@ -729,7 +854,7 @@ def _status_table(
         ]
         lines += _table(("APP", "STATE", "REVISION", "SERVICES", "UPDATED", "ERROR"), rows)
     elif app is not None:
-        lines.append(f"{app}: no status (never deployed here, or you may not read it)")
+        lines.append(f"{app}: no status (not deployed here, removed, or you may not read it)")
     else:
         lines.append("no apps")
     return lines
@@ -802,10 +927,12 @@ def _add_stream_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headwater",
-        description="Headwater: an MQTT edge hub with durable streams, AWS uploaders "
+        description="Headwater: an MQTT edge hub with durable streams, AWS uploaders\n"
         "and docker compose deployments.",
-        epilog="Run 'headwater COMMAND --help' for a command's options.",
+        epilog="Run 'headwater COMMAND --help' for a command's options.\n\n" + EXIT_STATUS_TABLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"headwater {_installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
@@ -879,9 +1006,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _installed_version() -> str:
+    try:
+        return version("headwater")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``headwater`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         return int(args.handler(args))
-    return 128 + signal.SIGINT
+    return EXIT_INTERRUPTED

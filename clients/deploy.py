@@ -74,6 +74,7 @@ __all__ = [
     "DeployTimeoutError",
     "InvalidDeployRequestError",
     "StatusUpdate",
+    "app_topic_problem",
 ]
 
 DEFAULT_PREFIX: Final = "headwater"
@@ -123,6 +124,28 @@ class StatusUpdate:
 
 def _check_app(app: str) -> None:
     problem = app_name_problem(app)
+    if problem is not None:
+        raise InvalidDeployRequestError(problem)
+
+
+def app_topic_problem(app: str) -> str | None:
+    """Why ``app`` names no deploy topic at all, or None; looser than ``app_name_problem``.
+
+    Headwater refuses a deploy message on an invalid name (``Bad_Name``, ``a/b``) with a
+    ``failed`` status, but the retained message stays until someone clears it: removing such an
+    app, and reading its status, must work. Not addressable: wildcards, NUL, a status topic, and
+    names starting with ``_`` (Headwater's own, ignored by it).
+    """
+    if app_name_problem(app) is None:
+        return None
+    unusable = (
+        not app or any(char in app for char in "+#\x00") or app.startswith("_") or app.endswith("/status")
+    )
+    return app_name_problem(app) if unusable else None
+
+
+def _check_app_topic(app: str) -> None:
+    problem = app_topic_problem(app)
     if problem is not None:
         raise InvalidDeployRequestError(problem)
 
@@ -366,9 +389,13 @@ class DeployClient:
         """Publish ``payload`` as the retained desired state of ``app``; return its revision.
 
         Subscribes to the app's status first, so that :meth:`wait` sees every status that
-        follows. Returns once the broker acknowledged the message (QoS 1).
+        follows. Returns once the broker acknowledged the message (QoS 1). The empty (remove)
+        message may name an invalid app too (see :func:`app_topic_problem`).
         """
-        _check_app(app)
+        if payload:
+            _check_app(app)
+        else:
+            _check_app_topic(app)
         self._subscribe(self._status_topic(app))
         self._drain()  # from here on, only what follows this message
         info = self._mqtt.publish(f"{self.topic_prefix}/deploy/{app}", payload, qos=1, retain=True)
@@ -494,7 +521,7 @@ class DeployClient:
         half a second). Returns ``({app: status}, plugin status object or None)``.
         """
         if app is not None:
-            _check_app(app)
+            _check_app_topic(app)
         topic_filter = self._status_topic("+" if app is None else app)
         self._subscribe(topic_filter)
         found: dict[str, DeploymentStatus] = {}

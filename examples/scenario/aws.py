@@ -6,13 +6,19 @@ endpoint (``aws.endpoint_url`` / ``aws.endpoints``; none = AWS itself). Credenti
 boto3's default chain (``AWS_ACCESS_KEY_ID``..., ``~/.aws``), as for Headwater::
 
     python examples/scenario/aws.py create            # buckets and streams, 1 shard each
+    python examples/scenario/aws.py wait aggregates   # until Headwater exported every record
     python examples/scenario/aws.py check --url mqtt://operator:PASSWORD@127.0.0.1:1883
+
+``wait STREAM...`` asks Headwater (stream API) until every export of each stream has delivered
+every stored record (its checkpoint is the newest sequence), so that what follows shows a settled
+state instead of a moment of a moving one; exit 1 after ``--timeout`` seconds.
 
 ``check`` reads every exported stream through the stream API and compares it with what AWS
 holds: each S3 object's JSON lines (by sequence and payload), each Kinesis record's data (by
 payload). It prints one line per export and exits 1 when a stored record is missing in AWS.
 Records sent twice (at least once delivery, after a crash) are counted, not an error. Firehose
-and IoT Core exports are listed as not checked.
+and IoT Core exports are listed as not checked. ``check STREAM...`` checks only those streams;
+``--wait SECONDS`` checks again every second until nothing is missing or the time is up.
 """
 
 from __future__ import annotations
@@ -148,14 +154,14 @@ def payload_of(line: dict[str, Any]) -> object:
     return line.get("payload", line.get("payload_b64"))
 
 
-def check(config: HeadwaterConfig, url: str) -> int:
-    """Compare every exported stream with AWS; 1 when a stored record is missing there."""
+def check_once(config: HeadwaterConfig, url: str, only: list[str]) -> tuple[int, list[str]]:
+    """Compare the exported streams (``only`` these, if any) with AWS: (missing records, lines)."""
     missing_total = 0
+    lines: list[str] = []
+    exports = [(stream, export) for stream, export in exports_of(config) if not only or stream in only]
     with StreamClient.connect(url, topic_prefix=config.topic_prefix) as streams:
-        stored = {
-            name: list(streams.iter_records(name)) for name in {stream for stream, _ in exports_of(config)}
-        }
-    for stream, export in exports_of(config):
+        stored = {name: list(streams.iter_records(name)) for name in {stream for stream, _ in exports}}
+    for stream, export in exports:
         records = stored[stream]
         delivered: Counter[object]
         wanted: list[object]
@@ -169,16 +175,50 @@ def check(config: HeadwaterConfig, url: str) -> int:
             wanted = [record.payload for record in records]
             where = f"kinesis {export.options['stream_name']}"
         else:
-            say(f"{stream} -> {export.type} ({export.id}): not checked")
+            lines.append(f"{stream} -> {export.type} ({export.id}): not checked")
             continue
         missing = sum(1 for item in wanted if delivered[item] == 0)
         twice = sum(count - 1 for count in delivered.values() if count > 1)
         missing_total += missing
-        say(
+        lines.append(
             f"{stream} -> {where}: {len(wanted) - missing} of {len(wanted)} records, "
             f"{missing} missing, {twice} sent twice"
         )
-    return 1 if missing_total else 0
+    return missing_total, lines
+
+
+def check(config: HeadwaterConfig, url: str, only: list[str], wait: float) -> int:
+    """Check (again every second for up to ``wait`` seconds); 1 when a stored record is missing."""
+    deadline = time.monotonic() + wait
+    while True:
+        missing, lines = check_once(config, url, only)
+        if not missing or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    for line in lines:
+        say(line)
+    return 1 if missing else 0
+
+
+def wait_exported(config: HeadwaterConfig, url: str, names: list[str], timeout: float) -> int:
+    """Wait until every export of each stream in ``names`` has delivered every stored record."""
+    deadline = time.monotonic() + timeout
+    with StreamClient.connect(url, topic_prefix=config.topic_prefix) as streams:
+        for name in names:
+            while True:
+                described = streams.describe(name)
+                newest = described.storage.newest_sequence
+                behind = [e for e in described.exports if e.last_exported_sequence != newest]
+                if not behind:
+                    shown = ", ".join(f"{e.id} at {e.last_exported_sequence}" for e in described.exports)
+                    say(f"{name}: every record exported ({shown or 'no exports'})")
+                    break
+                if time.monotonic() >= deadline:
+                    shown = ", ".join(f"{e.id} {e.state} at {e.last_exported_sequence}" for e in behind)
+                    say(f"{name}: not exported after {timeout:g}s: {shown} (newest {newest})")
+                    return 1
+                time.sleep(0.5)
+    return 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -193,11 +233,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "create", parents=[common], help="create the buckets and Kinesis streams the exports write to"
     )
     checker = commands.add_parser("check", parents=[common], help="compare the exported streams with AWS")
+    checker.add_argument("streams", nargs="*", metavar="STREAM", help="only these streams (default: all)")
     checker.add_argument(
-        "--url",
-        default=os.environ.get("HEADWATER_URL", DEFAULT_URL),
-        help="broker URL (default: $HEADWATER_URL, else %(default)s)",
+        "--wait", type=float, default=0.0, metavar="SECONDS", help="check again until nothing is missing"
     )
+    waiter = commands.add_parser(
+        "wait", parents=[common], help="wait until Headwater exported every record of STREAM..."
+    )
+    waiter.add_argument("streams", nargs="+", metavar="STREAM")
+    waiter.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="default: 120")
+    for command in (checker, waiter):
+        command.add_argument(
+            "--url",
+            default=os.environ.get("HEADWATER_URL", DEFAULT_URL),
+            help="broker URL (default: $HEADWATER_URL, else %(default)s)",
+        )
     return parser.parse_args(argv)
 
 
@@ -208,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         if args.command == "create":
             return create(config)
-        return check(config, args.url)
+        if args.command == "wait":
+            return wait_exported(config, args.url, args.streams, args.timeout)
+        return check(config, args.url, args.streams, args.wait)
     except (ConfigError, InvalidURLError, StreamClientError, BotoCoreError, ClientError, OSError) as exc:
         sys.stderr.write(f"aws.py: {exc}\n")
         return 2

@@ -14,7 +14,8 @@ the retained messages restored from disk at start, then sees every accepted reta
 through a publish interceptor (so the ACL has already said yes). A non-retained publish there is
 ignored: it would not survive a restart. An app name outside ``[a-z0-9][a-z0-9_-]{0,62}`` is
 refused with a ``failed`` status on ``<prefix>/deploy/<name>/status`` and never reaches the
-file system. Names starting with ``_`` are Headwater's (``_plugin``).
+file system; clearing its message (the empty retained message) publishes ``removed`` there, then
+clears that status too. Names starting with ``_`` are Headwater's (``_plugin``).
 
 Per app, one worker task (``headwater-deploy-app-<app>``) does one thing at a time; a message
 that arrives meanwhile replaces any message still waiting, so the latest desired state wins and
@@ -43,7 +44,9 @@ config changes (a policy switch turned on). Missing images with ``pull: never``
 is enough.
 
 Removal: ``removing``, ``docker compose down`` (named volumes are kept), files removed,
-``removed``.
+``removed``, then the status itself is cleared (an empty retained message): a removed app is
+not listed any more. At start, statuses left without a desired state that say ``removed`` (the
+process died before clearing them) or belong to an invalid name are cleared the same way.
 
 Docker
 ------
@@ -73,6 +76,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 import time
@@ -116,6 +120,8 @@ from headwater.plugins.deploy.workspace import AppState, DeployWorkspace, Refusa
 from headwater.plugins.streams.store import StorageError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from headwater.broker.app import PluginHost
     from headwater.broker.config import DeployConfig, RegistryCredential
     from headwater.broker.durable import IncomingPublish
@@ -186,7 +192,7 @@ class DeployPlugin:
         self._ready = asyncio.Event()  # the engine and compose answer, and the reconcile is done
         self._suspect = asyncio.Event()  # a worker saw the engine fail: check it now
         self._unready_reason = "starting: looking for the Docker engine and docker compose"
-        self._refusals: dict[str, bytes] = {}
+        self._refusals: dict[str, tuple[bytes, ...]] = {}  # status payloads to publish, in order
         self._refusals_wanted = asyncio.Event()
         self._started_at = 0.0
         self._deployments = self._unchanged = self._removals = self._failures = 0
@@ -215,10 +221,18 @@ class DeployPlugin:
         self._config_key = _config_fingerprint(config, self.docker_host)
         self._semaphore = asyncio.Semaphore(self._max_parallel)
         self._started_at = time.time()
+        desired: set[str] = set()
+        statuses: dict[str, bytes] = {}
         for message in host.database.retained.load_all():
             name = self._app_of(message.topic)
             if name is not None and message.payload:
+                desired.add(name)
                 self._accept(name, message.payload, live=False)
+            elif (status_of := self._status_app_of(message.topic)) is not None:
+                statuses[status_of] = message.payload
+        for name in _stale_statuses(desired, statuses):
+            self._refusals[name] = (b"",)
+            self._refusals_wanted.set()
         host.gate.add_interceptor(self, retained_only=True)
         await self._publish_plugin_status("starting", self._unready_reason)
         self._tasks += [
@@ -271,6 +285,13 @@ class DeployPlugin:
             return None  # status topics are Headwater's
         return name
 
+    def _status_app_of(self, topic: str) -> str | None:
+        """The app whose status ``topic`` is (maybe an invalid name), None for other topics."""
+        if not topic.startswith(self._topic_prefix) or not topic.endswith("/status"):
+            return None
+        name = topic[len(self._topic_prefix) : -len("/status")]
+        return name if name and name != PLUGIN_STATUS_NAME else None
+
     def _accept(self, name: str, payload: bytes, *, live: bool) -> None:
         problem = app_name_problem(name)
         if problem is not None:
@@ -294,15 +315,19 @@ class DeployPlugin:
             )
             return
         self._refused_names += 1
-        logger.warning("deploy: refused %s%s: %s", self._topic_prefix, name, problem)
-        status = DeploymentStatus(
-            app=name,
-            state="failed",
-            revision=revision_of(payload),
-            error=problem,
-            updated_at=format_time(time.time()),
-        )
-        self._refusals[name] = status.to_payload() if payload else b""
+        now = format_time(time.time())
+        if not payload:
+            # Its message was cleared: nothing ran, so it is removed at once. Say so once (a
+            # `deploy down` waits for it), then clear the refusal's status as for any removed app.
+            logger.info("deploy: cleared %s%s (an invalid app name)", self._topic_prefix, name)
+            removed = DeploymentStatus(app=name, state="removed", updated_at=now)
+            self._refusals[name] = (removed.to_payload(), b"")
+        else:
+            logger.warning("deploy: refused %s%s: %s", self._topic_prefix, name, problem)
+            status = DeploymentStatus(
+                app=name, state="failed", revision=revision_of(payload), error=problem, updated_at=now
+            )
+            self._refusals[name] = (status.to_payload(),)
         self._refusals_wanted.set()
 
     async def _publish_refusals(self) -> None:
@@ -311,8 +336,10 @@ class DeployPlugin:
             self._refusals_wanted.clear()
             while self._refusals:
                 name = next(iter(self._refusals))
-                payload = self._refusals.pop(name)
-                await self._publish_topic(self._status_topic(name), payload)
+                for payload in self._refusals.pop(name):
+                    if not payload and name in self._apps:
+                        continue  # a stale status whose app got a message meanwhile: its worker owns it
+                    await self._publish_topic(self._status_topic(name), payload)
 
     # --- the worker of one app ---------------------------------------------------------------
 
@@ -578,6 +605,9 @@ class DeployPlugin:
         self._removals += 1
         logger.info("deploy: %s removed", app.name)
         await self._publish(app, DeploymentStatus(app=app.name, state="removed"), fresh=True)
+        # Watchers (and `deploy down`) saw `removed`; now the app has no status at all, so that
+        # `deploy status` stops listing it. A new message publishes a status again.
+        await self._publish_topic(self._status_topic(app.name), b"")
 
     async def _settle(self, project: str, expected: tuple[str, ...]) -> tuple[ServiceStatus, ...]:
         """Poll until no service is on its way (or one stopped, or settle_timeout passed)."""
@@ -735,6 +765,24 @@ class DeployPlugin:
             logger.warning("deploy: status %s not published: %s", topic, exc)
             return
         self._statuses_published += 1
+
+
+def _stale_statuses(desired: set[str], statuses: Mapping[str, bytes]) -> list[str]:
+    """The apps whose retained status should go: no desired state, and removed or an invalid name."""
+    stale = []
+    for name, payload in sorted(statuses.items()):
+        if name in desired:
+            continue
+        if app_name_problem(name) is not None:
+            stale.append(name)
+            continue
+        try:
+            state = json.loads(payload).get("state")
+        except (ValueError, AttributeError):
+            continue  # not ours to judge
+        if state == "removed":
+            stale.append(name)
+    return stale
 
 
 def _forced(payload: bytes) -> bool:

@@ -190,10 +190,10 @@ def test_follow_prints_new_records_until_ctrl_c(hub: InProcessBroker) -> None:
 
 def test_errors_have_one_line_and_an_exit_status(hub: InProcessBroker) -> None:
     missing = streams_cli(hub, "describe", "nope")
-    assert missing.returncode == 1
+    assert missing.returncode == 3  # not found
     assert missing.stderr == "headwater: no stream named 'nope'\n"
     assert missing.stdout == ""
-    assert streams_cli(hub, "read", "nope").returncode == 1
+    assert streams_cli(hub, "read", "nope").returncode == 3
 
     port = free_port()
     refused = streams_cli(None, "ls", "--url", f"mqtt://127.0.0.1:{port}")

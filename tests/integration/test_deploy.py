@@ -669,7 +669,8 @@ def test_cli_up_status_down(
     assert down.returncode == 0, down.stderr
     assert any(f"  {app}  removed" in line for line in down.stdout.splitlines())
     gone = run_cli("deploy", "status", app, "--url", url)
-    assert "removed" in gone.stdout
+    assert gone.returncode == 3, gone.stdout  # a removed app's status is cleared
+    assert gone.stdout == f"{app}: no status (not deployed here, removed, or you may not read it)\n"
 
 
 def test_cli_deploy_errors(
@@ -689,7 +690,7 @@ def test_cli_deploy_errors(
     assert bad_name.returncode == 2
     assert "invalid app name '../etc'" in bad_name.stderr
     missing = run_cli("deploy", "up", "web", "-f", str(tmp_path / "nope.yml"))
-    assert missing.returncode == 1
+    assert missing.returncode == 2  # an input file that cannot be read is a usage error
     assert "No such file or directory" in missing.stderr
     helped = run_cli("deploy", "--help")
     assert "mosquitto_pub -r -t headwater/deploy/web -f compose.yml" in helped.stdout
