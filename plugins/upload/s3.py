@@ -56,8 +56,8 @@ if TYPE_CHECKING:
         PutObjectRequestTypeDef,
     )
 
-    from headwater.broker.config import ExportConfig
-    from headwater.plugins.streams.service import StreamRecord
+    from headwater.core.config import ExportConfig
+    from headwater.wire.streams import StreamRecord
 
 __all__ = [
     "CONTENT_TYPE",
