@@ -2,7 +2,7 @@
 
 Owns the server side of the stream API: parsing and validating requests, who may do what
 through it, and the small async shell that sees requests, calls a
-:class:`~headwater.plugins.streams.service.StreamService` and publishes the responses. It must
+:class:`~headwater.core.streams.StreamService` and publishes the responses. It must
 never touch RocksDB (that is the service's business), and never delay the PUBACK of a request:
 requests are answered on their own topic, not by holding the acknowledgement. The topics, the
 envelope and every JSON shape of the responses are declared once, in
@@ -619,7 +619,7 @@ def _error_type(exc: StreamError) -> ErrorType:
 class StreamsApi:
     """Answers stream API requests: a ``HeadwaterPlugin`` and a ``PublishInterceptor``.
 
-    Give it the :class:`~headwater.plugins.streams.service.StreamService` to call (the streams
+    Give it the :class:`~headwater.core.streams.StreamService` to call (the streams
     plugin) and list it right after that plugin: the host starts plugins in order and stops them
     in reverse, so the API stops taking requests before the service stops::
 

@@ -4,7 +4,7 @@ Owns the running streams: which topics feed which stream (one
 :class:`~headwater.core.topics.TopicFilterIndex` over every stream's filters), the group
 commit that writes what arrives close together as one batch per stream, ``persistence: memory``
 rings, the retention sweep, the retained status topic, and run-time create/update/delete. It
-implements :class:`~headwater.plugins.streams.service.StreamService` for the MQTT stream API
+implements :class:`~headwater.core.streams.StreamService` for the MQTT stream API
 (``api.py``) and in-process users. It must never build RocksDB keys (that is ``store.py``) nor
 speak request/response MQTT (that is ``api.py``).
 
@@ -59,10 +59,10 @@ the plugin serves the config file's streams plus the stored run-time definitions
   that the config file now also defines is deleted (a warning names it); the records stay and
   the config's settings apply to them.
 * Config-defined streams can't be updated or deleted at run time (the request is refused with
-  :class:`~headwater.plugins.streams.service.InvalidStreamRequestError` naming the config
+  :class:`~headwater.core.streams.InvalidStreamRequestError` naming the config
   file): the file is the single source of their settings.
 * Run-time streams persist until deleted at run time. ``create`` of a name the config defines
-  raises :class:`~headwater.plugins.streams.service.StreamExistsError`.
+  raises :class:`~headwater.core.streams.StreamExistsError`.
 * ``persistence`` can't change by ``update`` (delete and create instead).
 * A file stream whose definition disappeared (removed from the config file) keeps its records
   on disk, unserved; a later stream of that name, from either source, adopts them.
@@ -83,7 +83,7 @@ Background tasks (owned by the plugin host, named, stopped by :meth:`StreamsPlug
 ``stop`` unregisters the interceptor, writes what is queued, resolves every pending future
 (failing any that could not be written), stops the tasks and wakes long-polling readers.
 
-Errors raised by the service methods: the :class:`~headwater.plugins.streams.service.StreamError`
+Errors raised by the service methods: the :class:`~headwater.core.streams.StreamError`
 tree, and :class:`~headwater.core.store.StorageError` when the disk refuses a write.
 """
 
