@@ -45,10 +45,10 @@ os.environ.update(
 import boto3
 from _common import exit_on_sigterm, load_average, log_tail, source_revision, stop_process
 
-from headwater.broker.config import parse_size
 from headwater.clients import StreamClient
-from headwater.plugins.streams.retention import RetentionLimits
-from headwater.plugins.streams.store import Database, NewRecord
+from headwater.core.config import parse_size
+from headwater.core.retention import RetentionLimits
+from headwater.core.store import Database, NewRecord
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

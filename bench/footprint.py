@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING
 
 from _common import exit_on_sigterm, load_average, log_tail, stop_process
 
-from headwater.plugins.streams.retention import RetentionLimits
-from headwater.plugins.streams.store import Database, NewRecord
+from headwater.core.retention import RetentionLimits
+from headwater.core.store import Database, NewRecord
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

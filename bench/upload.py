@@ -107,11 +107,11 @@ from _common import (  # noqa: E402 - after the fake environment, on purpose
 from botocore.config import Config  # noqa: E402
 from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
 
-from headwater.broker.config import parse_bandwidth, parse_size  # noqa: E402
 from headwater.clients import StreamClient, StreamClientError  # noqa: E402
-from headwater.plugins.streams.retention import RetentionLimits  # noqa: E402
-from headwater.plugins.streams.service import StreamRecord  # noqa: E402
-from headwater.plugins.streams.store import Database, NewRecord  # noqa: E402
+from headwater.core.config import parse_bandwidth, parse_size  # noqa: E402
+from headwater.core.retention import RetentionLimits  # noqa: E402
+from headwater.core.store import Database, NewRecord  # noqa: E402
+from headwater.wire.streams import StreamRecord  # noqa: E402
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence

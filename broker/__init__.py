@@ -1,17 +1,10 @@
-"""The Headwater process: config, the amqtt-based broker with Headwater's fixes, plugin host, CLI."""
+"""The Headwater process: the amqtt-based broker with Headwater's fixes, the plugin host, the CLI.
 
-from headwater.broker.app import Headwater, HeadwaterPlugin, PluginHost
-from headwater.broker.config import ConfigError, HeadwaterConfig, load_config
-from headwater.broker.durable import IncomingPublish, PublishGate, PublishInterceptor
+The config, the ACL decisions and the plugin interface it implements live in
+:mod:`headwater.core`.
+"""
 
-__all__ = [
-    "ConfigError",
-    "Headwater",
-    "HeadwaterConfig",
-    "HeadwaterPlugin",
-    "IncomingPublish",
-    "PluginHost",
-    "PublishGate",
-    "PublishInterceptor",
-    "load_config",
-]
+from headwater.broker.app import Headwater, HeadwaterHost
+from headwater.broker.durable import PublishGate
+
+__all__ = ["Headwater", "HeadwaterHost", "PublishGate"]

@@ -1,18 +1,21 @@
 """The Headwater process: config → database → broker → plugins, started and stopped symmetrically.
 
-Owns the plugin host. A Headwater plugin is an object with ``name``, ``async start(host)`` and
-``async stop()``; in ``start`` it may register a publish interceptor on ``host.gate`` (to store
-messages before they are acknowledged) and start background tasks with ``host.spawn`` (the host
-owns them: they are cancelled and awaited at shutdown, and a task that dies unexpectedly is
-logged with its name). Plugins start before any listener opens, in the order given, and stop in
-reverse order after the listeners have closed and every client is gone.
+Owns the plugin host: :class:`HeadwaterHost` implements the
+:class:`~headwater.core.plugin_host.PluginHost` interface that plugins type against (the
+lifecycle and the capabilities are described there). In ``start`` a plugin may register a
+publish interceptor on ``host.gate`` (to store messages before they are acknowledged) and start
+background tasks with ``host.spawn`` (the host owns them: they are cancelled and awaited at
+shutdown, and a task that dies unexpectedly is logged with its name). Plugins start before any
+listener opens, in the order given, and stop in reverse order after the listeners have closed
+and every client is gone. The topics each plugin reserves (its status topics) are refused to
+clients by the publish gate.
 
 Start-up order:  open the database → build the broker → restore retained messages →
 start plugins → open listeners.  Shutdown is the mirror image.
 
 We use our own plugin host rather than amqtt's event plugins: amqtt runs each event hook as a
-fire-and-forget task per message and swallows its exceptions (NOTES.md), which is the opposite
-of "every task has an owner".
+fire-and-forget task per message and swallows its exceptions, which is the opposite of "every
+task has an owner".
 """
 
 from __future__ import annotations
@@ -22,47 +25,56 @@ import contextlib
 import logging
 import resource
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Self
 
-from headwater.broker.access import AccessPolicy
 from headwater.broker.connection import ConnectionLimits
 from headwater.broker.durable import PublishGate
 from headwater.broker.server import Authenticator, HeadwaterBroker, RetainedPersistence
-from headwater.plugins.streams.store import Database
+from headwater.core.access import AccessPolicy
+from headwater.core.store import Database
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Sequence
     from typing import Any
 
-    from headwater.broker.config import HeadwaterConfig
     from headwater.broker.server import BoundListener
+    from headwater.core.config import HeadwaterConfig
+    from headwater.core.plugin_host import HeadwaterPlugin
+    from headwater.core.store import RetainedMessage
 
-__all__ = ["Headwater", "HeadwaterPlugin", "PluginHost"]
+__all__ = ["Headwater", "HeadwaterHost", "HeadwaterStatistics"]
 
 logger = logging.getLogger(__name__)
 
 
-class HeadwaterPlugin(Protocol):
-    """What the host needs of a plugin (see the module docstring for the lifecycle)."""
-
-    name: str
-
-    async def start(self, host: PluginHost) -> None:
-        """Get ready before any listener opens: register interceptors, spawn tasks."""
-
-    async def stop(self) -> None:
-        """Finish in-flight work and release resources; clients are gone by now."""
-
-
-class PluginHost:
-    """What a plugin may use: the config, the database, the publish gate, publishing, tasks."""
+class HeadwaterHost:
+    """The plugin host (implements :class:`~headwater.core.plugin_host.PluginHost`)."""
 
     def __init__(self, config: HeadwaterConfig, database: Database, gate: PublishGate) -> None:
-        self.config = config
-        self.database = database
-        self.gate = gate
+        self._config = config
+        self._database = database
+        self._gate = gate
         self._broker: HeadwaterBroker | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def config(self) -> HeadwaterConfig:
+        """The validated config Headwater runs with."""
+        return self._config
+
+    @property
+    def gate(self) -> PublishGate:
+        """The publish gate: interceptor registration and the publish decision."""
+        return self._gate
+
+    @property
+    def storage(self) -> Database:
+        """The stream database (the streams plugin's capability)."""
+        return self._database
+
+    def retained(self, prefix: str) -> list[RetainedMessage]:
+        """The stored retained messages whose topic starts with ``prefix``."""
+        return [message for message in self._database.retained.load_all() if message.topic.startswith(prefix)]
 
     def _attach(self, broker: HeadwaterBroker) -> None:
         self._broker = broker
@@ -106,17 +118,22 @@ class HeadwaterStatistics:
 class Headwater:
     """One running Headwater: ``await start()``, then ``await stop()`` (or ``async with``)."""
 
-    def __init__(self, config: HeadwaterConfig, *, plugins: Sequence[HeadwaterPlugin] = ()) -> None:
+    def __init__(
+        self,
+        config: HeadwaterConfig,
+        *,
+        plugins: Sequence[HeadwaterPlugin] = (),
+        reserved_topics: Sequence[str] = (),
+    ) -> None:
+        """``reserved_topics`` adds to what the plugins reserve (topics of plugins not running)."""
         self.config = config
         self._plugins = list(plugins)
         self._started: list[HeadwaterPlugin] = []
         self._database: Database | None = None
         self._broker: HeadwaterBroker | None = None
-        self.host: PluginHost | None = None
-        reserved = (
-            f"{config.topic_prefix}/deploy/+/status",
-            f"{config.topic_prefix}/streams/+/status",
-        )
+        self.host: HeadwaterHost | None = None
+        declared = [topic for plugin in plugins for topic in plugin.reserved_topics(config.topic_prefix)]
+        reserved = tuple(dict.fromkeys([*declared, *reserved_topics]))
         self.access = AccessPolicy(config.broker.acl)
         self.gate = PublishGate(access=self.access, reserved_filters=reserved)
         self.limits = ConnectionLimits(config.broker.limits)
@@ -144,7 +161,7 @@ class Headwater:
         _raise_descriptor_limit(config.broker.limits.max_connections)
         self._database = Database.open(config.data_dir)
         try:
-            host = self.host = PluginHost(config, self._database, self.gate)
+            host = self.host = HeadwaterHost(config, self._database, self.gate)
             self.gate.add_interceptor(
                 RetainedPersistence(self._database.retained, self._database.request_wal_sync),
                 retained_only=True,

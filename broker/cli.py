@@ -33,19 +33,19 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
-from headwater.broker.config import ConfigError, load_config
 from headwater.broker.logs import setup_logging
 from headwater.broker.passwords import PasswordFileError, delete_user, set_password
 from headwater.clients.connection import DEFAULT_URL, ENV_URL, InvalidURLError
+from headwater.core.config import ConfigError, load_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
 
-    from headwater.broker.config import HeadwaterConfig
     from headwater.clients.deploy import DeployClient
     from headwater.clients.streams import StreamClient
-    from headwater.plugins.deploy.model import DeploymentStatus
-    from headwater.plugins.streams.service import StorageInfo, StreamRecord
+    from headwater.core.config import HeadwaterConfig
+    from headwater.wire.deploy import DeploymentStatus
+    from headwater.wire.streams import StorageInfo, StreamRecord
 
 __all__ = ["main"]
 
@@ -195,8 +195,8 @@ def _event_loop_factory(*, use_uvloop: bool) -> type[asyncio.AbstractEventLoop] 
 
 async def _serve(config: HeadwaterConfig) -> int:
     from headwater.broker.app import Headwater  # noqa: PLC0415 - keeps `headwater passwd` light
-    from headwater.broker.plugins import builtin_plugins  # noqa: PLC0415
-    from headwater.plugins.streams.store import StorageError  # noqa: PLC0415
+    from headwater.broker.plugins import builtin_plugins, builtin_reserved_topics  # noqa: PLC0415
+    from headwater.core.store import StorageError  # noqa: PLC0415
 
     _warn_about_exposure(config)
     stop = asyncio.Event()
@@ -211,7 +211,7 @@ async def _serve(config: HeadwaterConfig) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
-    app = Headwater(config, plugins=builtin_plugins(config))
+    app = Headwater(config, plugins=builtin_plugins(config), reserved_topics=builtin_reserved_topics(config))
     logger.info("starting Headwater with %s, data in %s", config.source, config.data_dir)
     try:
         await app.start()
@@ -685,7 +685,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         InvalidDeployRequestError,
         app_topic_problem,
     )
-    from headwater.plugins.deploy.model import app_name_problem  # noqa: PLC0415
+    from headwater.wire.deploy import app_name_problem  # noqa: PLC0415
 
     # Only a deployment needs a valid name: a refused one must stay removable and readable.
     check = app_name_problem if args.action == "up" else app_topic_problem

@@ -60,8 +60,8 @@ if TYPE_CHECKING:
     from amqtt.mqtt.packet import MQTTPacket
     from amqtt.plugins.manager import PluginManager
 
-    from headwater.broker.config import BrokerLimits
     from headwater.broker.durable import PublishGate
+    from headwater.core.config import BrokerLimits
 
 __all__ = ["ConnectionHandler", "ConnectionLimits", "ConnectionStatistics"]
 

@@ -5,7 +5,7 @@ amqtt sends the PUBACK (QoS 1) or PUBREC (QoS 2) of an incoming PUBLISH from
 broker's protocol handler with :class:`DurableAckProtocolHandler`, whose ``handle_publish``
 
 1. checks, synchronously and in packet-arrival order, that the topic is valid and that the
-   publisher may publish to it (the same :class:`~headwater.broker.access.AccessPolicy` the
+   publisher may publish to it (the same :class:`~headwater.core.access.AccessPolicy` the
    broker enforces afterwards; a refused message is never offered to an interceptor);
 2. offers the message to every registered :class:`PublishInterceptor` — still synchronously,
    so interceptors see messages in arrival order and can batch them (group commit);
@@ -32,11 +32,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 
-from headwater.broker.topics import topic_matches
+from headwater.core.publish import IncomingPublish, PublishInterceptor
+from headwater.core.topics import topic_matches
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -45,14 +46,12 @@ if TYPE_CHECKING:
     from amqtt.mqtt.pubrel import PubrelPacket
     from amqtt.plugins.manager import PluginManager
 
-    from headwater.broker.access import AccessPolicy
+    from headwater.core.access import AccessPolicy
 
 __all__ = [
     "DurableAckProtocolHandler",
     "GateStatistics",
-    "IncomingPublish",
     "PublishGate",
-    "PublishInterceptor",
     "principal_of",
 ]
 
@@ -80,32 +79,6 @@ def _exactly_once(session: object) -> dict[int, tuple[Awaitable[None], ...]]:
     if not isinstance(received, dict):
         received = attributes[_EXACTLY_ONCE_ATTRIBUTE] = {}
     return received
-
-
-@dataclass(frozen=True, slots=True)
-class IncomingPublish:
-    """A client's PUBLISH, as offered to interceptors before it is acknowledged."""
-
-    client_id: str
-    username: str | None
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    received_at_ms: int
-
-
-class PublishInterceptor(Protocol):
-    """Something that must store a message before its publisher is told it is safe."""
-
-    def intercept(self, message: IncomingPublish) -> Awaitable[None] | None:
-        """Accept ``message``; called synchronously, in arrival order, on the event loop.
-
-        Return None when nothing needs waiting for, or an awaitable (a future, never a bare
-        coroutine: for QoS 0 nobody awaits it) that completes when the message is durable and
-        raises if it could not be made durable.
-        """
-        ...
 
 
 @dataclass(frozen=True, slots=True)

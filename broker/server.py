@@ -7,7 +7,7 @@ Owns the subclass of :class:`amqtt.broker.Broker` and everything Headwater chang
   TLS settings between listeners. Port 0 picks an ephemeral port; :attr:`HeadwaterBroker.bound`
   tells which.
 * **Authentication and authorization** are Headwater's own synchronous objects
-  (:class:`Authenticator`, :class:`~headwater.broker.access.AccessPolicy`) called directly,
+  (:class:`Authenticator`, :class:`~headwater.core.access.AccessPolicy`) called directly,
   not through amqtt's plugin manager, which would create one task per plugin per message.
 * **CONNECT** is read whole within ``broker.limits.connect_timeout`` and ``max_packet_size``,
   and decided before any session state is touched (amqtt deleted a clean session before it
@@ -25,7 +25,7 @@ Owns the subclass of :class:`amqtt.broker.Broker` and everything Headwater chang
   matching its *own* filters that the ACL lets it receive; messages queued for an offline
   session are checked against the ACL again when they are delivered.
 * **Durable retained messages**: every change to the retained set is written through
-  :class:`~headwater.plugins.streams.store.RetainedStore`; client publishes are written before
+  :class:`~headwater.core.store.RetainedStore`; client publishes are written before
   their PUBACK (see :mod:`headwater.broker.durable`), and the set is restored before any
   listener opens.
 
@@ -54,18 +54,14 @@ from amqtt.mqtt.disconnect import DisconnectPacket
 from amqtt.mqtt.packet import CONNECT
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 
-from headwater.broker.config import ListenerConfig
 from headwater.broker.connection import ConnectionHandler, ConnectionLimits
-from headwater.broker.durable import (
-    PRINCIPAL_ATTRIBUTE,
-    IncomingPublish,
-    PublishGate,
-    principal_of,
-)
+from headwater.broker.durable import PRINCIPAL_ATTRIBUTE, PublishGate, principal_of
 from headwater.broker.framing import FramingError, PacketTooLargeError, read_frame, replay_reader
 from headwater.broker.passwords import PasswordFile, PasswordFileError
-from headwater.broker.topics import InvalidTopicError, topic_matches, validate_topic_name
-from headwater.plugins.streams.store import StorageError
+from headwater.core.config import ListenerConfig
+from headwater.core.publish import IncomingPublish
+from headwater.core.store import StorageError
+from headwater.core.topics import InvalidTopicError, topic_matches, validate_topic_name
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -74,8 +70,8 @@ if TYPE_CHECKING:
     from amqtt.adapters import WriterAdapter
     from amqtt.session import Session
 
-    from headwater.broker.access import AccessPolicy
-    from headwater.plugins.streams.store import RetainedStore
+    from headwater.core.access import AccessPolicy
+    from headwater.core.store import RetainedStore
 
 __all__ = ["Authenticator", "BoundListener", "HeadwaterBroker", "ListenerStartError", "RetainedPersistence"]
 

@@ -1,5 +1,11 @@
 """Headwater's Python client library (paho-mqtt based), used by devices, operators and the CLI.
 
+A device installs it alone, without the hub: from a checkout of the repository,
+``pip install ./clients`` installs the ``headwater-client`` distribution (this package and
+:mod:`headwater.wire`, the wire protocol it shares with Headwater; its only dependency is
+paho-mqtt). ``import headwater.clients`` never loads the broker, the plugins, amqtt,
+rocksdict or PyYAML.
+
 - :mod:`~headwater.clients.connection`: where the broker is (``mqtt[s]://`` URLs, ``HEADWATER_URL``).
 - :mod:`~headwater.clients.streams`: :class:`StreamClient`, the stream API (list, describe, read,
   follow, append, create, update, delete) with typed results and exceptions.
@@ -36,8 +42,8 @@ from headwater.clients.streams import (
     StreamNotFoundError,
     StreamRejectedError,
 )
-from headwater.plugins.deploy.model import DeploymentStatus, S3Reference, ServiceStatus
-from headwater.plugins.streams.service import ExportInfo, StorageInfo, StreamDescription, StreamRecord
+from headwater.wire.deploy import DeploymentStatus, S3Reference, ServiceStatus
+from headwater.wire.streams import ExportInfo, StorageInfo, StreamDescription, StreamRecord
 
 __all__ = [
     "DEFAULT_URL",

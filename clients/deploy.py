@@ -1,6 +1,7 @@
 """``DeployClient``: deploy, update, remove and watch Headwater apps from Python (paho-mqtt 2.x).
 
-Owns the client side of deployments (PRODUCT.md, docs/deploy.md): publishing the retained
+Owns the client side of deployments (docs/deploy.md; the message and status shapes are declared
+in :mod:`headwater.wire.deploy`): publishing the retained
 desired state of an app on ``<prefix>/deploy/<app>`` (the compose file itself, or the JSON
 envelope when options are given), reading the retained status topics, and following the live
 status updates of one operation until it ends. It must never print: the CLI decides what people
@@ -16,7 +17,7 @@ Usage::
 How the end of an operation is recognized: the client subscribes to the app's status topic
 *before* publishing, and only statuses that arrive live (not the retained copy replayed on
 subscription) for the revision it published count. The revision is computed here with the
-same function Headwater uses (:func:`headwater.plugins.deploy.model.revision_of`). Headwater
+same function Headwater uses (:func:`headwater.wire.deploy.revision_of`). Headwater
 answers every deploy message it receives with at least one status, even when nothing changed.
 
 The ACL needs: publish on ``<prefix>/deploy/<app>``, subscribe on
@@ -50,13 +51,18 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from headwater.clients._paho import new_client, open_connection
 from headwater.clients.connection import ConnectionSettings, resolve_url
-from headwater.plugins.deploy.model import (
+from headwater.wire.deploy import (
     FINAL_STATES,
+    PLUGIN_STATUS_NAME,
     DeploymentStatus,
     PullPolicy,
     S3Reference,
+    WireFormatError,
     app_name_problem,
+    deploy_topic,
+    encode_deploy_message,
     revision_of,
+    status_topic,
 )
 
 if TYPE_CHECKING:
@@ -81,8 +87,6 @@ DEFAULT_PREFIX: Final = "headwater"
 DEFAULT_TIMEOUT: Final = 10.0
 #: How long :meth:`DeployClient.wait` waits by default (image pulls can be slow).
 DEFAULT_DEPLOY_TIMEOUT: Final = 600.0
-#: The plugin's own status lives under this reserved app name.
-PLUGIN_STATUS_NAME: Final = "_plugin"
 # Retained messages arrive right after the SUBACK; the snapshot ends after this much silence.
 _QUIET: Final = 0.5
 _UNSPECIFIED: Final = 128
@@ -160,32 +164,13 @@ def build_payload(
     registry_auth: Sequence[str] = (),
 ) -> bytes:
     """The deploy message: the compose file as it is when no option is given, else the envelope."""
-    if (compose is None) == (compose_s3 is None):
-        msg = "give exactly one of compose and compose_s3"
-        raise InvalidDeployRequestError(msg)
-    if pull is not None and pull not in {"always", "missing", "never"}:
-        msg = f"pull must be always, missing or never, got {pull!r}"
-        raise InvalidDeployRequestError(msg)
     text = compose.decode() if isinstance(compose, bytes) else compose
-    if text is not None and not text.strip():
-        msg = "the compose file is empty (use remove() to remove an app)"
-        raise InvalidDeployRequestError(msg)
-    options: dict[str, object] = {
-        "pull": pull,
-        "force": force or None,
-        "env": dict(env) if env else None,
-        "registry_auth": list(registry_auth) or None,
-    }
-    options = {key: value for key, value in options.items() if value is not None}
-    if text is not None and not options:
-        return text.encode()
-    source: dict[str, object]
-    if compose_s3 is not None:
-        reference = {"bucket": compose_s3.bucket, "key": compose_s3.key, "version": compose_s3.version}
-        source = {"compose_s3": {key: value for key, value in reference.items() if value is not None}}
-    else:
-        source = {"compose": text}
-    return json.dumps({**source, **options}).encode()
+    try:
+        return encode_deploy_message(
+            text, compose_s3=compose_s3, pull=pull, force=force, env=env, registry_auth=registry_auth
+        )
+    except WireFormatError as exc:
+        raise InvalidDeployRequestError(str(exc)) from exc
 
 
 class DeployClient:
@@ -372,7 +357,7 @@ class DeployClient:
             raise DeployForbiddenError(msg)
 
     def _status_topic(self, app: str) -> str:
-        return f"{self.topic_prefix}/deploy/{app}/status"
+        return status_topic(self.topic_prefix, app)
 
     def _drain(self) -> None:
         while True:
@@ -398,7 +383,7 @@ class DeployClient:
             _check_app_topic(app)
         self._subscribe(self._status_topic(app))
         self._drain()  # from here on, only what follows this message
-        info = self._mqtt.publish(f"{self.topic_prefix}/deploy/{app}", payload, qos=1, retain=True)
+        info = self._mqtt.publish(deploy_topic(self.topic_prefix, app), payload, qos=1, retain=True)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             msg = f"cannot send to {self.settings.display_url}: {mqtt.error_string(info.rc)}"
             raise DeployConnectionError(msg)

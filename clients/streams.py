@@ -1,10 +1,11 @@
 """``StreamClient``: Headwater's durable streams from Python, over MQTT 3.1.1 (paho-mqtt 2.x).
 
-Owns the client side of the stream API (the protocol is documented in
-:mod:`headwater.plugins.streams.api` and docs/stream-api.md): one MQTT connection, one reply
-topic, request/response correlation by ``request_id``, timeouts, and turning responses into
-typed results (:class:`~headwater.plugins.streams.service.StreamRecord`,
-:class:`~headwater.plugins.streams.service.StreamDescription`) or typed exceptions. It must
+Owns the client side of the stream API (the topics, the envelope and the JSON shapes are
+declared in :mod:`headwater.wire.streams`, which Headwater encodes with too; docs/stream-api.md
+is the contract with examples): one MQTT connection, one reply topic, request/response
+correlation by ``request_id``, timeouts, and turning responses into typed results
+(:class:`~headwater.wire.streams.StreamRecord`, :class:`~headwater.wire.streams.StreamDescription`)
+or typed exceptions. It must
 never print: the CLI decides what people see.
 
 Usage::
@@ -44,27 +45,36 @@ from __future__ import annotations
 
 import base64
 import itertools
-import json
-import re
 import secrets
 import ssl
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from headwater.clients._paho import new_client, open_connection
 from headwater.clients.connection import ConnectionSettings, resolve_url
-from headwater.plugins.streams.service import ExportInfo, StorageInfo, StreamDescription, StreamRecord
+from headwater.wire.streams import (
+    ExportInfo,
+    StreamDescription,
+    StreamRecord,
+    WireFormatError,
+    decode_response,
+    encode_request,
+    request_topic,
+)
+from headwater.wire.streams import reply_topic as default_reply_topic
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from paho.mqtt.properties import Properties
     from paho.mqtt.reasoncodes import ReasonCode
+
+T = TypeVar("T")
 
 __all__ = [
     "ConnectionFailedError",
@@ -88,8 +98,6 @@ FOLLOW_POLL: Final = 30.0
 _PAGE: Final = 1000
 # paho's reason code when a connection ends without a DISCONNECT (MQTT 5's 0x80).
 _UNSPECIFIED: Final = 128
-# Characters that would change the shape of the reply topic.
-_TOPIC_UNSAFE: Final = re.compile(r"[/+#\x00]")
 
 
 class StreamClientError(Exception):
@@ -149,114 +157,33 @@ _API_ERRORS: Final[Mapping[str, type[StreamApiError]]] = {
 # --- decoding responses (pure) ------------------------------------------------------------------
 
 
-def _field(data: Mapping[str, Any], key: str, kind: type[Any] | tuple[type[Any], ...]) -> Any:
-    value = data.get(key)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        msg = f"response field {key!r}: unexpected {value!r}"
-        raise MalformedResponseError(msg)
-    return value
-
-
-def _optional_int(data: Mapping[str, Any], key: str) -> int | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        msg = f"response field {key!r}: expected an integer or null, got {value!r}"
-        raise MalformedResponseError(msg)
-    return value
-
-
-def _object(value: object, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        msg = f"{what}: expected a JSON object, got {value!r}"
-        raise MalformedResponseError(msg)
-    return value
-
-
-def record_from_json(value: object) -> StreamRecord:
-    """A record of a read response (``StreamRecord.to_json_dict()`` on the server)."""
-    data = _object(value, "record")
-    if isinstance(data.get("payload"), str):
-        payload = data["payload"].encode()
-    else:
-        try:
-            payload = base64.b64decode(_field(data, "payload_b64", str), validate=True)
-        except ValueError as exc:
-            msg = f"record payload_b64: {exc}"
-            raise MalformedResponseError(msg) from exc
-    return StreamRecord(
-        sequence=_field(data, "sequence", int),
-        timestamp_ms=_field(data, "timestamp", int),
-        topic=_field(data, "topic", str),
-        qos=_field(data, "qos", int),
-        client_id=_field(data, "client_id", str),
-        payload=payload,
-    )
-
-
-def description_from_json(value: object) -> StreamDescription:
-    """A describe object (``StreamDescription.to_json_dict()`` on the server)."""
-    data = _object(value, "stream description")
-    storage = _object(data.get("storage"), "storage")
-    exports = _field(data, "exports", list)
-    last_error = data.get("last_error")
-    return StreamDescription(
-        name=_field(data, "name", str),
-        persistence=_field(data, "persistence", str),
-        state=str(data.get("state", "ok")),
-        last_error=last_error if isinstance(last_error, str) else None,
-        storage=StorageInfo(
-            oldest_sequence=_optional_int(storage, "oldest_sequence"),
-            newest_sequence=_optional_int(storage, "newest_sequence"),
-            total_bytes=_field(storage, "total_bytes", int),
-            record_count=_field(storage, "record_count", int),
-            dropped_oldest=_optional_int(storage, "dropped_oldest") or 0,
-            rejected_new=_optional_int(storage, "rejected_new") or 0,
-            expired=_optional_int(storage, "expired") or 0,
-        ),
-        exports=tuple(_export_from_json(export) for export in exports),
-    )
-
-
-def _export_from_json(value: object) -> ExportInfo:
-    data = _object(value, "export")
-    last_error = data.get("last_error")
-    return ExportInfo(
-        id=_field(data, "id", str),
-        type=_field(data, "type", str),
-        last_exported_sequence=_optional_int(data, "last_exported_sequence"),
-        last_export_time=_optional_int(data, "last_export_time"),
-        exported_records=_field(data, "exported_records", int),
-        state=_field(data, "state", str),
-        last_error=last_error if isinstance(last_error, str) else None,
-        priority=_optional_int(data, "priority") or 5,
-        exported_bytes=_optional_int(data, "exported_bytes") or 0,
-        lag_records=_optional_int(data, "lag_records") or 0,
-        lag_bytes=_optional_int(data, "lag_bytes") or 0,
-        dead_lettered=_optional_int(data, "dead_lettered") or 0,
-        lost_records=_optional_int(data, "lost_records") or 0,
-    )
-
-
-def _result_of(response: Mapping[str, Any]) -> Any:
+def _result_of(payload: bytes) -> Any:
     """The ``result`` of a response, or the typed exception for its ``error``."""
-    if response.get("ok") is True:
-        return response.get("result")
-    error = _object(response.get("error"), "error")
-    error_type = str(error.get("type", "unknown"))
-    message = str(error.get("message", "(no message)"))
-    raise _API_ERRORS.get(error_type, StreamApiError)(error_type, message)
+    try:
+        response = decode_response(payload)
+    except WireFormatError as exc:
+        raise MalformedResponseError(str(exc)) from exc
+    if response.ok:
+        return response.result
+    error_type = response.error_type
+    raise _API_ERRORS.get(error_type, StreamApiError)(error_type, response.message)
 
 
-def default_reply_topic(prefix: str, username: str | None, client_id: str) -> str:
-    """``<prefix>/replies/<username or anonymous>/<client_id>``.
+def _decoded(decode: Callable[[object], T], value: object) -> T:
+    """``decode(value)``, a malformed shape raised as :class:`MalformedResponseError`."""
+    try:
+        return decode(value)
+    except WireFormatError as exc:
+        raise MalformedResponseError(str(exc)) from exc
 
-    ``/``, ``+``, ``#`` and NUL in the username or client id become ``_`` (they would change the
-    topic's shape; ACL ``%u`` rules never match such usernames anyway).
-    """
-    user = _TOPIC_UNSAFE.sub("_", username) if username else "anonymous"
-    return f"{prefix}/replies/{user}/{_TOPIC_UNSAFE.sub('_', client_id) or '_'}"
+
+def _list_field(result: object, key: str) -> list[Any]:
+    """The list ``result[key]`` of a result object."""
+    if not isinstance(result, dict) or not isinstance(result.get(key), list):
+        msg = f"result field {key!r}: expected a list in {type(result).__name__}"
+        raise MalformedResponseError(msg)
+    items: list[Any] = result[key]
+    return items
 
 
 # --- the client ---------------------------------------------------------------------------------
@@ -267,7 +194,7 @@ class _Pending:
     """One request waiting for its response (filled by paho's thread)."""
 
     done: threading.Event = field(default_factory=threading.Event)
-    response: Mapping[str, Any] | None = None
+    response: bytes | None = None  # the response as received (decoded by the caller's thread)
     failure: StreamClientError | None = None
 
 
@@ -441,16 +368,13 @@ class StreamClient:
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         try:
-            response = json.loads(message.payload)
-        except ValueError:
+            request_id = decode_response(bytes(message.payload)).request_id
+        except WireFormatError:
             return  # not ours: someone else published on our reply topic
-        if not isinstance(response, dict):
-            return
-        request_id = response.get("request_id")
         with self._lock:
             pending = self._pending.pop(request_id, None) if isinstance(request_id, str) else None
         if pending is not None:
-            pending.response = response
+            pending.response = bytes(message.payload)
             pending.done.set()
 
     def _fail_pending(self, failure: StreamClientError) -> None:
@@ -479,13 +403,9 @@ class StreamClient:
             else:
                 msg = f"not connected to {url} (still reconnecting after {self.timeout:g}s)"
             raise ConnectionFailedError(msg)
-        topic = (
-            f"{self.topic_prefix}/streams/_list"
-            if stream is None
-            else f"{self.topic_prefix}/streams/{stream}/{operation}"
-        )
+        topic = request_topic(self.topic_prefix, stream, operation)
         request_id = f"{self._request_prefix}-{next(self._request_ids)}"
-        payload = json.dumps({**body, "reply_to": self.reply_topic, "request_id": request_id})
+        payload = encode_request(body, reply_to=self.reply_topic, request_id=request_id)
         slot = _Pending()
         with self._lock:
             self._pending[request_id] = slot
@@ -512,7 +432,7 @@ class StreamClient:
 
     def describe(self, name: str) -> StreamDescription:
         """Storage and exports of stream ``name``."""
-        return description_from_json(self.request(name, "describe", {}))
+        return _decoded(StreamDescription.from_json_dict, self.request(name, "describe", {}))
 
     def read(
         self,
@@ -538,8 +458,8 @@ class StreamClient:
             body["max_bytes"] = max_bytes
         if wait > 0:
             body["timeout"] = wait
-        result = _object(self.request(name, "read", body, wait=wait), "read result")
-        return [record_from_json(item) for item in _field(result, "records", list)]
+        result = self.request(name, "read", body, wait=wait)
+        return [_decoded(StreamRecord.from_json_dict, item) for item in _list_field(result, "records")]
 
     def iter_records(
         self, name: str, *, from_sequence: int | None = None, follow: bool = False, page_size: int = _PAGE
@@ -580,17 +500,22 @@ class StreamClient:
             body = {"payload_b64": base64.b64encode(data).decode()}
         if topic is not None:
             body["topic"] = topic
-        result = _object(self.request(name, "append", body), "append result")
-        sequence: int = _field(result, "sequence", int)
+        result = self.request(name, "append", body)
+        sequence = result.get("sequence") if isinstance(result, dict) else None
+        if isinstance(sequence, bool) or not isinstance(sequence, int):
+            msg = f"append result: expected a sequence number, got {result!r}"
+            raise MalformedResponseError(msg)
         return sequence
 
     def create(self, name: str, config: Mapping[str, object]) -> StreamDescription:
         """Create stream ``name`` with ``config`` (the keys of a YAML ``streams.<name>`` section)."""
-        return description_from_json(self.request(name, "create", {"config": dict(config)}))
+        result = self.request(name, "create", {"config": dict(config)})
+        return _decoded(StreamDescription.from_json_dict, result)
 
     def update(self, name: str, config: Mapping[str, object]) -> StreamDescription:
         """Replace stream ``name``'s settings with ``config`` (absent keys take their defaults)."""
-        return description_from_json(self.request(name, "update", {"config": dict(config)}))
+        result = self.request(name, "update", {"config": dict(config)})
+        return _decoded(StreamDescription.from_json_dict, result)
 
     def delete(self, name: str) -> None:
         """Delete stream ``name`` and its records."""
@@ -598,13 +523,15 @@ class StreamClient:
 
     def pause_export(self, name: str, export_id: str) -> ExportInfo:
         """Pause export ``export_id`` of stream ``name`` (state ``disabled``, persisted)."""
-        return _export_from_json(self.request(name, "export", {"export": export_id, "enabled": False}))
+        result = self.request(name, "export", {"export": export_id, "enabled": False})
+        return _decoded(ExportInfo.from_json_dict, result)
 
     def resume_export(self, name: str, export_id: str) -> ExportInfo:
         """Resume a paused export."""
-        return _export_from_json(self.request(name, "export", {"export": export_id, "enabled": True}))
+        result = self.request(name, "export", {"export": export_id, "enabled": True})
+        return _decoded(ExportInfo.from_json_dict, result)
 
     def list(self) -> list[StreamDescription]:
         """Every stream this user may describe, sorted by name."""
-        result = _object(self.request(None, "_list", {}), "list result")
-        return [description_from_json(item) for item in _field(result, "streams", list)]
+        result = self.request(None, "_list", {})
+        return [_decoded(StreamDescription.from_json_dict, item) for item in _list_field(result, "streams")]

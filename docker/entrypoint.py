@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import NoReturn
 
-from headwater.broker.config import ConfigError, HeadwaterConfig, ListenerConfig, load_config
+from headwater.core.config import ConfigError, HeadwaterConfig, ListenerConfig, load_config
 
 DEFAULT_CONFIG = "/etc/headwater/headwater.yaml"
 DEFAULT_COMMAND = ("headwater", "run", "-c", DEFAULT_CONFIG)

@@ -36,9 +36,9 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from headwater.broker.config import ConfigError, ExportConfig, HeadwaterConfig, load_config
 from headwater.clients import StreamClient, StreamClientError
 from headwater.clients.connection import InvalidURLError
+from headwater.core.config import ConfigError, ExportConfig, HeadwaterConfig, load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().with_name("headwater.yaml")
 DEFAULT_URL = "mqtt://127.0.0.1:1883"

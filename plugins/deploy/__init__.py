@@ -1,10 +1,10 @@
 """Deployments: retained messages on ``<prefix>/deploy/<app>`` drive ``docker compose``.
 
-The plugin is :class:`headwater.plugins.deploy.plugin.DeployPlugin` (not imported here, so that
-clients using the shared :mod:`~headwater.plugins.deploy.model` do not load the docker SDK and
-boto3). Modules:
+The plugin is :class:`headwater.plugins.deploy.plugin.DeployPlugin` (not imported here: the
+docker SDK and boto3 load only when deploy is enabled). The deploy message, its revision and
+the status objects are wire shapes, declared in :mod:`headwater.wire.deploy`. Modules:
 
-* :mod:`.model`: app names, the deploy message and its revision, status objects (pure);
+* :mod:`.model`: compose projects, container states, desired-state parsing (pure);
 * :mod:`.validate`: YAML, compose model and policy checks (pure);
 * :mod:`.runner`: :class:`~.runner.ComposeRunner`, the only code that runs docker compose;
 * :mod:`.engine`: :class:`~.engine.DockerEngine`, what is read from the Docker API;
@@ -42,30 +42,16 @@ from headwater.plugins.deploy.errors import (
     InvalidDeploymentError,
     SourceFetchError,
 )
-from headwater.plugins.deploy.model import (
-    FINAL_STATES,
-    DeploymentStatus,
-    DesiredState,
-    PluginStatus,
-    ServiceStatus,
-    revision_of,
-)
 
 __all__ = [
-    "FINAL_STATES",
     "ComposeFailedError",
     "ComposeTimeoutError",
     "ComposeUnavailableError",
     "CredentialsError",
     "DeployError",
-    "DeploymentStatus",
-    "DesiredState",
     "DockerUnavailableError",
     "EngineError",
     "ImagesMissingError",
     "InvalidDeploymentError",
-    "PluginStatus",
-    "ServiceStatus",
     "SourceFetchError",
-    "revision_of",
 ]

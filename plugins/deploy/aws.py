@@ -37,8 +37,8 @@ from headwater.plugins.deploy.errors import CredentialsError, SourceFetchError
 from headwater.plugins.deploy.validate import ecr_registry, registry_of
 
 if TYPE_CHECKING:
-    from headwater.broker.config import AwsConfig, RegistryCredential
-    from headwater.plugins.deploy.model import S3Reference
+    from headwater.core.config import AwsConfig, RegistryCredential
+    from headwater.wire.deploy import S3Reference
 
 __all__ = ["DeployAws"]
 

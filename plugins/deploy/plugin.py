@@ -83,6 +83,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final, Literal
 
+from headwater.core.store import StorageError
 from headwater.plugins.deploy.aws import DeployAws
 from headwater.plugins.deploy.engine import DockerEngine
 from headwater.plugins.deploy.errors import (
@@ -95,15 +96,9 @@ from headwater.plugins.deploy.errors import (
     InvalidDeploymentError,
 )
 from headwater.plugins.deploy.model import (
-    DeploymentStatus,
-    DesiredState,
-    PluginStatus,
-    ServiceStatus,
-    app_name_problem,
-    format_time,
+    deploy_reserved_topics,
     parse_desired,
     project_name,
-    revision_of,
     service_problems,
     summarize_services,
 )
@@ -117,22 +112,29 @@ from headwater.plugins.deploy.validate import (
     registry_of,
 )
 from headwater.plugins.deploy.workspace import AppState, DeployWorkspace, Refusal
-from headwater.plugins.streams.store import StorageError
+from headwater.wire.deploy import (
+    PLUGIN_STATUS_NAME,
+    DeploymentStatus,
+    DesiredState,
+    PluginStatus,
+    ServiceStatus,
+    app_name_problem,
+    format_time,
+    revision_of,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from headwater.broker.app import PluginHost
-    from headwater.broker.config import DeployConfig, RegistryCredential
-    from headwater.broker.durable import IncomingPublish
+    from headwater.core.config import DeployConfig, RegistryCredential
+    from headwater.core.plugin_host import PluginHost
+    from headwater.core.publish import IncomingPublish
 
 __all__ = ["DEFAULT_DOCKER_HOST", "PLUGIN_STATUS_NAME", "DeployPlugin", "DeployStatistics"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DOCKER_HOST: Final = "unix:///var/run/docker.sock"
-#: ``<prefix>/deploy/_plugin/status`` carries the plugin's own status.
-PLUGIN_STATUS_NAME: Final = "_plugin"
 _OUTPUT_LINES: Final = 20
 
 
@@ -200,6 +202,10 @@ class DeployPlugin:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    def reserved_topics(self, prefix: str) -> tuple[str, ...]:
+        """Every app's status topic (and the plugin's own): only Headwater publishes there."""
+        return deploy_reserved_topics(prefix)
+
     async def start(self, host: PluginHost) -> None:
         """Read the retained desired states, intercept new ones, start the engine watcher."""
         self._host = host
@@ -223,7 +229,7 @@ class DeployPlugin:
         self._started_at = time.time()
         desired: set[str] = set()
         statuses: dict[str, bytes] = {}
-        for message in host.database.retained.load_all():
+        for message in host.retained(self._topic_prefix):
             name = self._app_of(message.topic)
             if name is not None and message.payload:
                 desired.add(name)

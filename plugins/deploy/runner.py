@@ -58,7 +58,7 @@ from headwater.plugins.deploy.errors import ComposeFailedError, ComposeTimeoutEr
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
-    from headwater.plugins.deploy.model import PullPolicy
+    from headwater.wire.deploy import PullPolicy
 
 __all__ = ["ComposeProgram", "ComposeProject", "ComposeRunner", "temporary_docker_config"]
 

@@ -45,7 +45,7 @@ from headwater.plugins.deploy.compose_keys import SECTIONS, KeyRule
 from headwater.plugins.deploy.errors import InvalidDeploymentError
 
 if TYPE_CHECKING:
-    from headwater.broker.config import DeployPolicy
+    from headwater.core.config import DeployPolicy
 
 __all__ = [
     "HOST_CONTROL_PATHS",

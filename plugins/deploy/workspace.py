@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Final
 
 from headwater.plugins.deploy.engine import APP_LABEL, INSTANCE_LABEL
-from headwater.plugins.deploy.model import app_name_problem, check_app_name
+from headwater.plugins.deploy.model import check_app_name
+from headwater.wire.deploy import app_name_problem
 
 __all__ = ["AppState", "DeployWorkspace", "Refusal"]
 

@@ -1,19 +1,17 @@
 """Durable streams: MQTT topics into sequence-numbered RocksDB (or in-memory) streams.
 
-:mod:`~headwater.plugins.streams.store` owns the RocksDB database, :mod:`~headwater.plugins.streams.plugin`
-the running streams (:class:`StreamsPlugin`), :mod:`~headwater.plugins.streams.service` the types
-they share with the stream API.
+:mod:`~headwater.plugins.streams.plugin` runs the streams (:class:`StreamsPlugin`),
+:mod:`~headwater.plugins.streams.api` answers the MQTT stream API, :mod:`~headwater.plugins.streams.memory`
+holds ``persistence: memory`` streams. The RocksDB store is :mod:`headwater.core.store`, the
+interfaces other plugins use are in :mod:`headwater.core.streams`, the wire shapes in
+:mod:`headwater.wire.streams`.
 """
 
 from headwater.plugins.streams.memory import MemoryStream
 from headwater.plugins.streams.plugin import StreamsPlugin, StreamsStatistics
-from headwater.plugins.streams.store import Database, RetainedMessage, StorageError
 
 __all__ = [
-    "Database",
     "MemoryStream",
-    "RetainedMessage",
-    "StorageError",
     "StreamsPlugin",
     "StreamsStatistics",
 ]

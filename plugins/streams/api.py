@@ -1,10 +1,12 @@
 """The stream API over MQTT 3.1.1: request/response under ``<prefix>/streams/...``.
 
-Owns the wire protocol of the stream API (topics, request and response JSON), who may do what
+Owns the server side of the stream API: parsing and validating requests, who may do what
 through it, and the small async shell that sees requests, calls a
-:class:`~headwater.plugins.streams.service.StreamService` and publishes the responses. It must
+:class:`~headwater.core.streams.StreamService` and publishes the responses. It must
 never touch RocksDB (that is the service's business), and never delay the PUBACK of a request:
-requests are answered on their own topic, not by holding the acknowledgement.
+requests are answered on their own topic, not by holding the acknowledgement. The topics, the
+envelope and every JSON shape of the responses are declared once, in
+:mod:`headwater.wire.streams`, which the clients use too.
 
 Everything below works with nothing but ``mosquitto_pub`` / ``mosquitto_sub``; docs/stream-api.md
 is the same contract with examples.
@@ -83,7 +85,7 @@ Access control
 The API never lets a user read data it could not read, send data where it could not, or destroy
 data it does not administer. Per stream it checks three rights that the ACL entry lists under
 ``streams: {read, append, admin}`` as stream name patterns, or that are derived from topic rules
-when the entry does not list them (:mod:`headwater.broker.stream_rights` has the rules; without
+when the entry does not list them (:mod:`headwater.core.stream_rights` has the rules; without
 an ACL everything is allowed):
 
 * Every request needs the right to *publish* to its request topic (the broker checks that
@@ -139,40 +141,49 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
-from headwater.broker.access import AccessPolicy
-from headwater.broker.config import ConfigError, StreamConfig, parse_stream_config
-from headwater.broker.stream_rights import StreamAction, StreamRights
-from headwater.broker.topics import InvalidTopicError, validate_topic_name
-from headwater.plugins.streams.service import (
+from headwater.core.access import AccessPolicy
+from headwater.core.config import ConfigError, StreamConfig, parse_stream_config
+from headwater.core.store import StorageError
+from headwater.core.stream_rights import StreamAction, StreamRights
+from headwater.core.streams import (
     InvalidStreamRequestError,
     StreamError,
     StreamExistsError,
     StreamNotFoundError,
     StreamRejectedError,
 )
-from headwater.plugins.streams.store import StorageError
+from headwater.core.topics import InvalidTopicError, validate_topic_name
+from headwater.wire.streams import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_COUNT,
+    LIST_OPERATION,
+    MAX_MAX_BYTES,
+    MAX_MAX_COUNT,
+    MAX_TIMEOUT,
+    OPERATIONS,
+    ErrorType,
+    RequestEnvelope,
+    WireFormatError,
+    decode_request_envelope,
+    encode_error,
+    encode_result,
+    streams_root,
+)
 
 if TYPE_CHECKING:
-    from headwater.broker.app import PluginHost
-    from headwater.broker.durable import IncomingPublish, PublishGate
-    from headwater.plugins.streams.service import StreamDescription, StreamService
+    from headwater.core.plugin_host import PluginHost
+    from headwater.core.publish import IncomingPublish, PublishGateView
+    from headwater.core.streams import StreamService
+    from headwater.wire.streams import StreamDescription
 
 __all__ = [
-    "DEFAULT_MAX_BYTES",
-    "DEFAULT_MAX_COUNT",
-    "LIST_OPERATION",
-    "MAX_MAX_BYTES",
-    "MAX_MAX_COUNT",
-    "MAX_TIMEOUT",
-    "OPERATIONS",
     "AppendRequest",
     "CreateRequest",
     "DeleteRequest",
     "DescribeRequest",
-    "Envelope",
-    "ErrorType",
+    "ExportSwitchRequest",
     "ListRequest",
     "ReadRequest",
     "Request",
@@ -183,35 +194,15 @@ __all__ = [
     "StreamsApiStatistics",
     "UnanswerableRequestError",
     "UpdateRequest",
-    "encode_error",
-    "encode_result",
     "parse_envelope",
     "parse_request",
-    "request_topic",
+    "parse_target",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: The pseudo stream level of the list request: ``<prefix>/streams/_list``.
-LIST_OPERATION: Final = "_list"
-#: The operations on one stream: ``<prefix>/streams/<stream>/<op>``.
-OPERATIONS: Final = ("read", "describe", "append", "create", "update", "delete", "export")
-
-DEFAULT_MAX_COUNT: Final = 100
-MAX_MAX_COUNT: Final = 10_000
-DEFAULT_MAX_BYTES: Final = 1024 * 1024
-MAX_MAX_BYTES: Final = 4 * 1024 * 1024
-MAX_TIMEOUT: Final = 60.0
-# request_id is echoed: keep what we echo small.
-_MAX_REQUEST_ID_CHARS: Final = 256
 # One line per minute at most about requests nobody can be told about.
 _WARNING_INTERVAL: Final = 60.0
-
-ErrorType: TypeAlias = Literal[
-    "not_found", "exists", "rejected", "invalid", "forbidden", "failed", "internal"
-]
-RequestId: TypeAlias = str | int | None
-
 
 # --------------------------------------------------------------------------------------------
 # Protocol: pure parsing and encoding
@@ -229,24 +220,6 @@ class RequestError(Exception):
 
 class UnanswerableRequestError(Exception):
     """A request that can't be answered (no usable ``reply_to``); ``str()`` says why."""
-
-
-def request_topic(prefix: str, stream: str | None, operation: str) -> str:
-    """The topic a request is published to (``stream=None`` for the list request)."""
-    if stream is None:
-        return f"{prefix}/streams/{LIST_OPERATION}"
-    return f"{prefix}/streams/{stream}/{operation}"
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """What every request carries: where to answer, what to echo, and its other keys."""
-
-    reply_to: str
-    request_id: RequestId
-    body: Mapping[str, object]
-    # Set when request_id itself was unusable: the request is answered with this error.
-    request_id_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,38 +312,18 @@ def _describe_value(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
-def parse_envelope(payload: bytes) -> Envelope:
+def parse_envelope(payload: bytes) -> RequestEnvelope:
     """Parse a request payload far enough to know where to answer.
 
     Raises :class:`UnanswerableRequestError` when the payload is not a JSON object or has no
-    string ``reply_to``. Whether the requester may use that ``reply_to`` is decided later (it
-    needs the ACL): see :meth:`RequestPermissions.check_reply_to`.
+    string ``reply_to`` (:func:`~headwater.wire.streams.decode_request_envelope` says why).
+    Whether the requester may use that ``reply_to`` is decided later (it needs the ACL): see
+    :meth:`RequestPermissions.check_reply_to`.
     """
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        msg = f"the payload is not JSON ({exc})"
-        raise UnanswerableRequestError(msg) from exc
-    if not isinstance(data, dict):
-        msg = f"the payload must be a JSON object, got {_describe_value(data)}"
-        raise UnanswerableRequestError(msg)
-    reply_to = data.pop("reply_to", None)
-    if not isinstance(reply_to, str):
-        msg = "no reply_to (a string naming the topic to answer on)"
-        raise UnanswerableRequestError(msg)
-    request_id = data.pop("request_id", None)
-    request_id_error = None
-    if request_id is not None and (
-        isinstance(request_id, bool)
-        or not isinstance(request_id, str | int)
-        or (isinstance(request_id, str) and len(request_id) > _MAX_REQUEST_ID_CHARS)
-    ):
-        request_id_error = (
-            f"request_id: expected a string of at most {_MAX_REQUEST_ID_CHARS} characters or an "
-            f"integer, got {_describe_value(request_id)}"
-        )
-        request_id = None
-    return Envelope(reply_to=reply_to, request_id=request_id, body=data, request_id_error=request_id_error)
+        return decode_request_envelope(payload)
+    except WireFormatError as exc:
+        raise UnanswerableRequestError(str(exc)) from exc
 
 
 def parse_target(prefix: str, topic: str) -> tuple[str | None, str] | None:
@@ -379,7 +332,7 @@ def parse_target(prefix: str, topic: str) -> tuple[str | None, str] | None:
     The list request gives ``(None, "_list")``. Raises :class:`RequestError` (``invalid``) for a
     topic under ``<prefix>/streams/`` that is no request topic.
     """
-    root = f"{prefix}/streams/"
+    root = streams_root(prefix)
     if not topic.startswith(root):
         return None
     levels = topic[len(root) :].split("/")
@@ -534,20 +487,6 @@ def parse_request(stream: str | None, operation: str, body: Mapping[str, object]
     return request
 
 
-def _encode(response: Mapping[str, object]) -> bytes:
-    return json.dumps(response, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def encode_result(request_id: RequestId, result: object) -> bytes:
-    """A success response."""
-    return _encode({"request_id": request_id, "ok": True, "result": result})
-
-
-def encode_error(request_id: RequestId, error_type: ErrorType, message: str) -> bytes:
-    """An error response."""
-    return _encode({"request_id": request_id, "ok": False, "error": {"type": error_type, "message": message}})
-
-
 # --------------------------------------------------------------------------------------------
 # Access control: pure decisions over the broker's ACL
 # --------------------------------------------------------------------------------------------
@@ -557,12 +496,12 @@ class RequestPermissions:
     """The API's access rules (module docstring, *Access control*) for one topic prefix.
 
     ``access`` answers subscribe/receive and, through
-    :class:`~headwater.broker.stream_rights.StreamRights`, the stream rights; ``gate`` answers
+    :class:`~headwater.core.stream_rights.StreamRights`, the stream rights; ``gate`` answers
     publish (the broker's own publish decision, which also refuses Headwater's reserved status
     topics).
     """
 
-    def __init__(self, *, prefix: str, access: AccessPolicy, gate: PublishGate) -> None:
+    def __init__(self, *, prefix: str, access: AccessPolicy, gate: PublishGateView) -> None:
         self._prefix = prefix
         self._access = access
         self._gate = gate
@@ -680,7 +619,7 @@ def _error_type(exc: StreamError) -> ErrorType:
 class StreamsApi:
     """Answers stream API requests: a ``HeadwaterPlugin`` and a ``PublishInterceptor``.
 
-    Give it the :class:`~headwater.plugins.streams.service.StreamService` to call (the streams
+    Give it the :class:`~headwater.core.streams.StreamService` to call (the streams
     plugin) and list it right after that plugin: the host starts plugins in order and stops them
     in reverse, so the API stops taking requests before the service stops::
 
@@ -718,11 +657,15 @@ class StreamsApi:
         self._publish_failures = 0
         self._last_warning = -math.inf
 
+    def reserved_topics(self, prefix: str) -> tuple[str, ...]:  # noqa: ARG002 - the plugin interface
+        """The API publishes only on requesters' reply topics: it reserves none."""
+        return ()
+
     async def start(self, host: PluginHost) -> None:
         """Start answering requests published from now on."""
         self._host = host
         self._prefix = host.config.topic_prefix
-        self._root = f"{self._prefix}/streams/"
+        self._root = streams_root(self._prefix)
         access = self._access or AccessPolicy(host.config.broker.acl)
         self._permissions = RequestPermissions(prefix=self._prefix, access=access, gate=host.gate)
         host.gate.add_interceptor(self)
@@ -820,7 +763,7 @@ class StreamsApi:
             error = encode_error(envelope.request_id, "internal", "internal error; see Headwater's log")
             await self._respond(envelope, error, ok=False)
 
-    def _parse(self, topic: str, envelope: Envelope) -> Request:
+    def _parse(self, topic: str, envelope: RequestEnvelope) -> Request:
         if envelope.request_id_error is not None:
             raise RequestError("invalid", envelope.request_id_error)
         target = parse_target(self._prefix, topic)
@@ -828,7 +771,7 @@ class StreamsApi:
         stream, operation = target
         return parse_request(stream, operation, envelope.body)
 
-    async def _respond(self, envelope: Envelope, payload: bytes, *, ok: bool) -> None:
+    async def _respond(self, envelope: RequestEnvelope, payload: bytes, *, ok: bool) -> None:
         host = self._host
         if host is None:
             return  # stopping: the requester times out, as it would if we had crashed

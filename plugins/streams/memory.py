@@ -1,7 +1,7 @@
 """``persistence: memory`` streams: a bounded ring of records in this process, lost on restart.
 
 Owns: :class:`MemoryStream`, which offers the same operations as the store's
-:class:`~headwater.plugins.streams.store.StreamStore` (``append_batch``, ``read``, ``info``,
+:class:`~headwater.core.store.StreamStore` (``append_batch``, ``read``, ``info``,
 ``expire``, checkpoints, ``free_through``) so that the streams plugin treats both alike. It must
 never touch the disk: a memory stream is fast because nothing it holds survives the process, and
 that is its contract. Its sequences start at 0 again after every restart.
@@ -9,7 +9,7 @@ that is its contract. Its sequences start at 0 again after every restart.
 Invariants
 ----------
 
-* What to accept, drop, expire and free is decided by :mod:`~headwater.plugins.streams.retention`,
+* What to accept, drop, expire and free is decided by :mod:`~headwater.core.retention`,
   the same pure functions the file store follows: both persistences behave alike.
 * Records are held oldest first with contiguous sequences; every deletion (``overwrite_oldest``,
   ``ttl``, ``drop_exported``) removes from the oldest end, so the ring never has holes and a
@@ -25,21 +25,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from headwater.plugins.streams.retention import (
+from headwater.core.retention import (
     StreamState,
     plan_append,
     plan_expire,
     plan_free_through,
     unexported_by_export,
 )
-from headwater.plugins.streams.service import ExportProgress, StorageInfo, StreamRecord
-from headwater.plugins.streams.store import AppendOutcome
+from headwater.core.store import AppendOutcome
+from headwater.core.streams import ExportProgress
+from headwater.wire.streams import StorageInfo, StreamRecord
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from headwater.plugins.streams.retention import RetentionLimits
-    from headwater.plugins.streams.store import NewRecord
+    from headwater.core.retention import RetentionLimits
+    from headwater.core.store import NewRecord
 
 __all__ = ["MemoryStream", "MemoryStreamStatistics", "record_size"]
 

@@ -1,10 +1,10 @@
 """The streams plugin: MQTT publishes into durable streams, acknowledged only once stored.
 
 Owns the running streams: which topics feed which stream (one
-:class:`~headwater.broker.topics.TopicFilterIndex` over every stream's filters), the group
+:class:`~headwater.core.topics.TopicFilterIndex` over every stream's filters), the group
 commit that writes what arrives close together as one batch per stream, ``persistence: memory``
 rings, the retention sweep, the retained status topic, and run-time create/update/delete. It
-implements :class:`~headwater.plugins.streams.service.StreamService` for the MQTT stream API
+implements :class:`~headwater.core.streams.StreamService` for the MQTT stream API
 (``api.py``) and in-process users. It must never build RocksDB keys (that is ``store.py``) nor
 speak request/response MQTT (that is ``api.py``).
 
@@ -59,10 +59,10 @@ the plugin serves the config file's streams plus the stored run-time definitions
   that the config file now also defines is deleted (a warning names it); the records stay and
   the config's settings apply to them.
 * Config-defined streams can't be updated or deleted at run time (the request is refused with
-  :class:`~headwater.plugins.streams.service.InvalidStreamRequestError` naming the config
+  :class:`~headwater.core.streams.InvalidStreamRequestError` naming the config
   file): the file is the single source of their settings.
 * Run-time streams persist until deleted at run time. ``create`` of a name the config defines
-  raises :class:`~headwater.plugins.streams.service.StreamExistsError`.
+  raises :class:`~headwater.core.streams.StreamExistsError`.
 * ``persistence`` can't change by ``update`` (delete and create instead).
 * A file stream whose definition disappeared (removed from the config file) keeps its records
   on disk, unserved; a later stream of that name, from either source, adopts them.
@@ -83,8 +83,8 @@ Background tasks (owned by the plugin host, named, stopped by :meth:`StreamsPlug
 ``stop`` unregisters the interceptor, writes what is queued, resolves every pending future
 (failing any that could not be written), stops the tasks and wakes long-polling readers.
 
-Errors raised by the service methods: the :class:`~headwater.plugins.streams.service.StreamError`
-tree, and :class:`~headwater.plugins.streams.store.StorageError` when the disk refuses a write.
+Errors raised by the service methods: the :class:`~headwater.core.streams.StreamError`
+tree, and :class:`~headwater.core.store.StorageError` when the disk refuses a write.
 """
 
 from __future__ import annotations
@@ -99,33 +99,31 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final, Literal, Protocol
 
-from headwater.broker.config import ConfigError, StreamConfig, parse_config
-from headwater.broker.topics import TopicFilterIndex, topic_matches
-from headwater.plugins.streams.memory import MemoryStream
-from headwater.plugins.streams.retention import RetentionLimits
-from headwater.plugins.streams.service import (
-    ExportInfo,
+from headwater.core.config import ConfigError, StreamConfig, parse_config
+from headwater.core.retention import RetentionLimits
+from headwater.core.store import NewRecord, StorageError, StorageWriteError
+from headwater.core.streams import (
     InvalidStreamRequestError,
-    StreamDescription,
     StreamError,
     StreamExistsError,
     StreamNotFoundError,
-    StreamRecord,
     StreamRejectedError,
 )
-from headwater.plugins.streams.store import NewRecord, StorageError, StorageWriteError
+from headwater.core.topics import TopicFilterIndex, topic_matches
+from headwater.plugins.streams.memory import MemoryStream
+from headwater.wire.streams import ExportInfo, StreamDescription, StreamRecord, status_topic
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from headwater.broker.app import PluginHost
-    from headwater.broker.durable import IncomingPublish
-    from headwater.plugins.streams.service import ExportProgress, StorageInfo
-    from headwater.plugins.streams.store import AppendOutcome
+    from headwater.core.plugin_host import PluginHost
+    from headwater.core.publish import IncomingPublish
+    from headwater.core.store import AppendOutcome
+    from headwater.core.streams import ExportObserver, ExportProgress
+    from headwater.wire.streams import StorageInfo
 
 __all__ = [
     "MAX_WAIT_SECONDS",
-    "ExportObserver",
     "GroupCommitPolicy",
     "StreamStorage",
     "StreamsPlugin",
@@ -192,22 +190,6 @@ class StreamStorage(Protocol):
 
     def delete_checkpoint(self, export_id: str) -> None:
         """Forget ``export_id``'s checkpoint and counters."""
-        ...
-
-
-class ExportObserver(Protocol):
-    """The upload plugin, as the streams plugin sees it: export states and reactions to changes."""
-
-    def export_infos(self, name: str) -> tuple[ExportInfo, ...]:
-        """The exports of stream ``name`` as ``describe`` shows them."""
-        ...
-
-    async def stream_changed(self, name: str) -> None:
-        """Stream ``name`` was created, updated or is about to be deleted: (re)start or stop drivers."""
-        ...
-
-    def set_export_enabled(self, name: str, export_id: str, *, enabled: bool) -> ExportInfo:
-        """Pause or resume an export; raises ``InvalidStreamRequestError`` for an unknown one."""
         ...
 
 
@@ -378,12 +360,17 @@ class StreamsPlugin:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    @staticmethod
+    def reserved_topics(prefix: str) -> tuple[str, ...]:
+        """Every stream's status topic: only Headwater publishes there."""
+        return (status_topic(prefix, "+"),)
+
     async def start(self, host: PluginHost) -> None:
         """Open every stream (config file + run-time definitions), then intercept and spawn tasks."""
         self._host = host
         self._control_prefix = f"{host.config.topic_prefix}/"
         self._batch = _Batch(asyncio.get_running_loop())
-        database = host.database
+        database = host.storage
         for config in host.config.streams.values():
             self._serve(config, "config")
         for name, data in sorted(database.stream_definitions().items()):
@@ -542,7 +529,7 @@ class StreamsPlugin:
             return
         assert self._host is not None  # noqa: S101 - started
         self._syncing.add(batch)
-        sync = self._host.database.request_wal_sync()
+        sync = self._host.storage.request_wal_sync()
         sync.add_done_callback(functools.partial(self._synced, batch, synced))
 
     def _synced(self, batch: _Batch, synced: list[_PendingWrite], sync: asyncio.Future[None]) -> None:
@@ -720,7 +707,7 @@ class StreamsPlugin:
         assert self._host is not None  # noqa: S101 - _check_running
         stream = self._serve(config, "runtime")
         try:
-            self._host.database.put_stream_definition(config.name, data)
+            self._host.storage.put_stream_definition(config.name, data)
         except StorageError:
             self._unserve(stream)
             raise
@@ -743,7 +730,7 @@ class StreamsPlugin:
         data = _encode_definition(config)
         config = _decode_definition(config.name, data)
         assert self._host is not None  # noqa: S101 - _check_running
-        self._host.database.put_stream_definition(config.name, data)
+        self._host.storage.put_stream_definition(config.name, data)
         for topic_filter in stream.config.topics:
             self._index.remove(topic_filter, stream)
         stream.config = config  # the writer reads limits and flush_on_write per batch
@@ -765,7 +752,7 @@ class StreamsPlugin:
             await self._exports.stream_changed(name)  # its export drivers stop
         await self._wait_written()  # ... and what was queued is written (or failed)
         assert self._host is not None  # noqa: S101 - _check_running
-        database = self._host.database
+        database = self._host.storage
         async with self._maintenance:
             if not stream.in_memory:
                 database.delete_stream(name)
@@ -876,7 +863,7 @@ class StreamsPlugin:
         It first tries to make a database that refused a write (full disk) writable again.
         """
         assert self._host is not None  # noqa: S101 - started
-        database = self._host.database
+        database = self._host.storage
         if database.write_error is not None and database.recover():
             for name in self._streams:
                 self._mark_status(name)
@@ -911,7 +898,7 @@ class StreamsPlugin:
                 return
             stream.removed_since_compaction = 0
             try:
-                await self._host.database.compact_stream(stream.name)
+                await self._host.storage.compact_stream(stream.name)
             except StorageError as exc:
                 self._note_failure(stream, exc, 0)
                 return
@@ -922,7 +909,7 @@ class StreamsPlugin:
 
     def _status_topic(self, name: str) -> str:
         assert self._host is not None  # noqa: S101 - started
-        return f"{self._host.config.topic_prefix}/streams/{name}/status"
+        return status_topic(self._host.config.topic_prefix, name)
 
     def _mark_status(self, name: str) -> None:
         self._status_dirty.add(name)
@@ -972,7 +959,7 @@ class StreamsPlugin:
         assert self._host is not None  # noqa: S101 - started
         pattern = self._status_topic("+")
         prefix, suffix = pattern.split("+")
-        for message in self._host.database.retained.load_all():
+        for message in self._host.retained(prefix):
             if topic_matches(pattern, message.topic):
                 name = message.topic.removeprefix(prefix).removesuffix(suffix)
                 if name not in self._streams:
@@ -985,7 +972,7 @@ class StreamsPlugin:
         storage: StreamStorage = (
             MemoryStream(config.name)
             if config.persistence == "memory"
-            else self._host.database.open_stream(config.name)
+            else self._host.storage.open_stream(config.name)
         )
         stream = _Stream(config=config, origin=origin, storage=storage)
         self._streams[config.name] = stream

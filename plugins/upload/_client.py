@@ -26,8 +26,8 @@ from headwater.plugins.upload._errors import AWS_ERRORS, export_error
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from headwater.plugins.streams.service import StreamRecord
     from headwater.plugins.upload.sink import BatchLimits
+    from headwater.wire.streams import StreamRecord
 
 __all__ = [
     "CONNECT_TIMEOUT",

@@ -1,7 +1,7 @@
 """Typed access to an export's ``options`` (validated and defaulted by the config loader).
 
 ``ExportConfig.options`` is a ``Mapping[str, object]``; these read one key with the type
-:class:`~headwater.broker.config.ExportConfig` documents for it, and fail loudly (a bug, not a
+:class:`~headwater.core.config.ExportConfig` documents for it, and fail loudly (a bug, not a
 user error: the loader already checked the value) when it has another.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from headwater.broker.config import ExportConfig
+    from headwater.core.config import ExportConfig
 
 __all__ = ["float_option", "int_option", "str_option"]
 

@@ -45,28 +45,23 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Literal, Protocol
 
-from headwater.plugins.streams.service import (
-    ExportInfo,
-    ExportProgress,
-    StreamError,
-    StreamNotFoundError,
-    StreamRecord,
-)
-from headwater.plugins.streams.store import StorageError
+from headwater.core.store import StorageError
+from headwater.core.streams import ExportProgress, StreamError, StreamNotFoundError
 from headwater.plugins.upload.sink import (
     ExportBlockedError,
     ExportError,
     ExportOfflineError,
     ExportThrottledError,
 )
+from headwater.wire.streams import ExportInfo, StreamRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from headwater.broker.config import ExportConfig
-    from headwater.plugins.streams.service import StorageInfo
+    from headwater.core.config import ExportConfig
     from headwater.plugins.upload.scheduler import UploadScheduler
     from headwater.plugins.upload.sink import ExportSink
+    from headwater.wire.streams import StorageInfo
 
 __all__ = [
     "BASE_DELAY",

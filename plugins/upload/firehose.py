@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from mypy_boto3_firehose.client import FirehoseClient
     from mypy_boto3_firehose.type_defs import PutRecordBatchInputTypeDef, PutRecordBatchOutputTypeDef
 
-    from headwater.broker.config import ExportConfig
-    from headwater.plugins.streams.service import StreamRecord
+    from headwater.core.config import ExportConfig
+    from headwater.wire.streams import StreamRecord
 
 __all__ = [
     "MAX_RECORDS_PER_CALL",

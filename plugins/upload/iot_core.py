@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     import boto3
     from mypy_boto3_iot_data.client import IoTDataPlaneClient
 
-    from headwater.broker.config import ExportConfig
-    from headwater.plugins.streams.service import StreamRecord
+    from headwater.core.config import ExportConfig
+    from headwater.wire.streams import StreamRecord
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",

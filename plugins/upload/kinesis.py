@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     from mypy_boto3_kinesis.client import KinesisClient
     from mypy_boto3_kinesis.type_defs import PutRecordsInputTypeDef, PutRecordsOutputTypeDef
 
-    from headwater.broker.config import ExportConfig
-    from headwater.plugins.streams.service import StreamRecord
+    from headwater.core.config import ExportConfig
+    from headwater.wire.streams import StreamRecord
 
 __all__ = [
     "MAX_PARTITION_KEY_LENGTH",

@@ -4,7 +4,9 @@ Owns the running exports of every stream — config-file streams and run-time on
 (one named task per export, ``headwater-export <stream>/<id>``, started through the plugin host
 and stopped by :meth:`UploadPlugin.stop`), the shared
 :class:`~headwater.plugins.upload.scheduler.UploadScheduler`, and the dead-letter stream. It
-attaches itself to the streams plugin (:meth:`StreamsPlugin.attach_exports`), which then shows
+attaches itself to the streams (:meth:`~headwater.core.streams.ExportableStreams.attach_exports`:
+the streams plugin, handed over by the broker as that interface; this plugin never imports
+it), which then shows
 the exports in ``describe`` and on the status topics, and tells it when a stream is created,
 updated or deleted at run time. It never calls boto3 (the sinks do) nor builds RocksDB keys.
 
@@ -32,22 +34,18 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
-from headwater.broker.config import StreamConfig
-from headwater.plugins.streams.service import (
-    InvalidStreamRequestError,
-    StreamExistsError,
-    StreamRejectedError,
-)
+from headwater.core.config import StreamConfig
+from headwater.core.streams import InvalidStreamRequestError, StreamExistsError, StreamRejectedError
 from headwater.plugins.upload.driver import ExportDriver, dead_letter_payload
 from headwater.plugins.upload.scheduler import UploadScheduler
 from headwater.plugins.upload.sink import AwsSession
 
 if TYPE_CHECKING:
-    from headwater.broker.app import PluginHost
-    from headwater.broker.config import ExportConfig
-    from headwater.plugins.streams.plugin import StreamsPlugin
-    from headwater.plugins.streams.service import ExportInfo, StreamRecord
+    from headwater.core.config import ExportConfig
+    from headwater.core.plugin_host import PluginHost
+    from headwater.core.streams import ExportableStreams
     from headwater.plugins.upload.sink import ExportSink
+    from headwater.wire.streams import ExportInfo, StreamRecord
 
 __all__ = ["DEAD_LETTER_STREAM", "SinkFactory", "UploadPlugin", "UploadStatistics"]
 
@@ -61,7 +59,7 @@ _DEAD_LETTER_CONFIG: Final = StreamConfig(
 
 
 class SinkFactory(Protocol):
-    """Builds an export's sink (the real one is ``headwater.plugins.upload.types.build_sink``)."""
+    """Builds an export's sink (the real one is ``headwater.plugins.upload.factory.build_sink``)."""
 
     def __call__(self, export: ExportConfig, *, stream: str, aws: AwsSession) -> ExportSink:
         """The sink for ``export`` of ``stream``."""
@@ -89,7 +87,7 @@ class UploadPlugin:
 
     name = "upload"
 
-    def __init__(self, streams: StreamsPlugin, *, sink_factory: SinkFactory | None = None) -> None:
+    def __init__(self, streams: ExportableStreams, *, sink_factory: SinkFactory | None = None) -> None:
         self._streams = streams
         self._sink_factory = sink_factory
         self._host: PluginHost | None = None
@@ -102,6 +100,10 @@ class UploadPlugin:
         self._stopped_requests = 0
 
     # --- lifecycle -------------------------------------------------------------------------
+
+    def reserved_topics(self, prefix: str) -> tuple[str, ...]:  # noqa: ARG002 - the plugin interface
+        """Dead letters go to a stream, not to a topic: the upload plugin reserves none."""
+        return ()
 
     async def start(self, host: PluginHost) -> None:
         """Start a driver for every export of every served stream."""
@@ -258,7 +260,7 @@ class UploadPlugin:
         if self._sink_factory is not None:
             return self._sink_factory(export, stream=stream, aws=aws)
         # boto3 is imported only when an export exists: `headwater run` without exports stays light.
-        from headwater.plugins.upload.types import build_sink  # noqa: PLC0415
+        from headwater.plugins.upload.factory import build_sink  # noqa: PLC0415
 
         return build_sink(export, stream=stream, aws=aws)
 

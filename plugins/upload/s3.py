@@ -4,7 +4,7 @@ Request builder (:class:`S3ObjectBuilder`, pure) and service (:class:`S3Sink`, t
 calling boto3), behind :class:`~headwater.plugins.upload.sink.ExportSink`.
 
 What lands in S3: one object per :meth:`S3Sink.send` call, holding one line per record, in
-order: the record's :meth:`~headwater.plugins.streams.service.StreamRecord.to_json_dict` (the
+order: the record's :meth:`~headwater.wire.streams.StreamRecord.to_json_dict` (the
 objects ``headwater streams read --json`` prints) as compact UTF-8 JSON followed by a newline.
 With ``compression: gzip`` (the default) the body is gzip'd (``Content-Encoding: gzip``, no
 timestamp in the gzip header); ``Content-Type`` is ``application/x-ndjson`` either way.
@@ -56,8 +56,8 @@ if TYPE_CHECKING:
         PutObjectRequestTypeDef,
     )
 
-    from headwater.broker.config import ExportConfig
-    from headwater.plugins.streams.service import StreamRecord
+    from headwater.core.config import ExportConfig
+    from headwater.wire.streams import StreamRecord
 
 __all__ = [
     "CONTENT_TYPE",

@@ -2,7 +2,7 @@
 
 Every export type has the same shape (STYLE.md, after Vector's sinks):
 
-* **config**: :class:`~headwater.broker.config.ExportConfig`, validated at load (``options``
+* **config**: :class:`~headwater.core.config.ExportConfig`, validated at load (``options``
   holds the type's own keys, every default filled in);
 * **request builder**: pure functions/classes in the type's module that turn records into AWS
   requests within the service's limits and say which record can never be accepted (too large);
@@ -14,7 +14,7 @@ Every export type has the same shape (STYLE.md, after Vector's sinks):
   bandwidth, calls :meth:`ExportSink.send`, retries, dead-letters, checkpoints.
 
 A type module exposes a class implementing :class:`ExportSink`, built by
-:func:`headwater.plugins.upload.types.build_sink` from the export's config, the stream's name and
+:func:`headwater.plugins.upload.factory.build_sink` from the export's config, the stream's name and
 an :class:`AwsSession`.
 
 What "delivered" means: :meth:`ExportSink.send` returns normally only when AWS accepted every
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from headwater.plugins.streams.service import StreamRecord
+    from headwater.wire.streams import StreamRecord
 
 __all__ = [
     "AwsSession",

@@ -45,7 +45,7 @@ import pytest
 import yaml
 
 from headwater.clients import ConnectionFailedError, StreamClient
-from headwater.plugins.streams.service import StreamDescription, StreamRecord
+from headwater.wire.streams import StreamDescription, StreamRecord
 from tests.fixtures.aws import AwsClients
 from tests.fixtures.aws_targets import KinesisTarget, S3Target
 from tests.fixtures.image import BUILD_TIMEOUT, HeadwaterContainer, HeadwaterContainerFactory, add_user

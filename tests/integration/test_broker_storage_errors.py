@@ -23,7 +23,7 @@ def _fill_disk_until_writes_fail(broker: InProcessBroker, disk: Path) -> None:
     (disk / "ballast").write_bytes(b"\0" * (small_disk_free(disk) - 16 * 1024))
     # Retained publishes of 100 KiB each: the first that does not fit leaves RocksDB refusing
     # every write. mosquitto_pub may or may not get its PUBACK; what matters is the state.
-    database = broker.app.host.database  # type: ignore[union-attr]
+    database = broker.app.host.storage  # type: ignore[union-attr]
     for index in range(20):
         mosquitto_pub(
             broker.port, f"fill/{index}", b"x" * 100_000, qos=1, retain=True, check=False, timeout=10

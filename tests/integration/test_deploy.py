@@ -24,8 +24,8 @@ import pytest
 
 from headwater.broker.passwords import set_password
 from headwater.clients import DeployClient, DeployTimeoutError, InvalidDeployRequestError
-from headwater.plugins.deploy.model import revision_of
 from headwater.plugins.deploy.plugin import DeployPlugin
+from headwater.wire.deploy import revision_of
 from tests.fixtures.broker import BrokerFactory, InProcessBroker, headwater_executable
 from tests.fixtures.docker_engine import DockerSocketProxy
 from tests.fixtures.mosquitto import MosquittoSub, MqttMessage, free_port, mosquitto_pub

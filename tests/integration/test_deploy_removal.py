@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from headwater.plugins.streams.store import Database
+from headwater.core.store import Database
 from tests.fixtures.broker import HeadwaterProcess, headwater_executable
 from tests.fixtures.mosquitto import MosquittoSub, MqttMessage, mosquitto_pub, mosquitto_sub_once
 

@@ -17,8 +17,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from headwater.broker.app import PluginHost
-from headwater.broker.durable import IncomingPublish
+from headwater.core.plugin_host import PluginHost
+from headwater.core.publish import IncomingPublish
 from tests.fixtures.broker import BrokerFactory, HeadwaterProcess, InProcessBroker
 
 SETTLE = 0.5  # how long we give a wrongly-early PUBACK to show up
@@ -33,6 +33,9 @@ class HoldingPlugin:
     seen: list[IncomingPublish] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None
     arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    def reserved_topics(self, prefix: str) -> tuple[str, ...]:  # noqa: ARG002 - the plugin interface
+        return ()
 
     async def start(self, host: PluginHost) -> None:
         self.loop = asyncio.get_running_loop()
@@ -222,7 +225,7 @@ def test_retained_message_is_on_disk_before_its_puback(
 
     async def stored_topics() -> set[str]:
         assert broker.app.host is not None
-        return {message.topic for message in broker.app.host.database.retained.load_all()}
+        return {message.topic for message in broker.app.host.storage.retained.load_all()}
 
     assert topic in broker.call(stored_topics())  # ...yet already written to RocksDB
     plugin.release(0)

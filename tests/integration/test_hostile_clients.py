@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 from headwater.plugins.streams.plugin import StreamsPlugin
-from headwater.plugins.streams.service import StreamRecord
+from headwater.wire.streams import StreamRecord
 from tests.fixtures.broker import BrokerFactory, InProcessBroker
 from tests.fixtures.mosquitto import MosquittoSub, mosquitto_pub
 from tests.fixtures.raw_mqtt import (

@@ -1,4 +1,4 @@
-"""Durable streams in a real RocksDB directory: headwater.plugins.streams.store.
+"""Durable streams in a real RocksDB directory: headwater.core.store.
 
 Round trips, restarts (close and reopen in the same process), a model-based property test of
 retention, corruption injected into a copy of a database, compaction giving disk space back, and
@@ -29,8 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from rocksdict import Options, Rdict
 
-from headwater.plugins.streams.service import StorageInfo, StreamRecord
-from headwater.plugins.streams.store import (
+from headwater.core.store import (
     AppendOutcome,
     Database,
     NewRecord,
@@ -38,6 +37,7 @@ from headwater.plugins.streams.store import (
     StorageError,
     StreamStore,
 )
+from headwater.wire.streams import StorageInfo, StreamRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -233,7 +233,7 @@ _FILL_THE_DISK = textwrap.dedent(
     """
     import resource, signal, sys
     from pathlib import Path
-    from headwater.plugins.streams.store import Database, NewRecord, RetentionLimits, StorageWriteError
+    from headwater.core.store import Database, NewRecord, RetentionLimits, StorageWriteError
 
     db = Database.open(Path(sys.argv[1]))
     stream = db.open_stream("s")
@@ -346,7 +346,7 @@ def test_a_corrupt_record_is_skipped_and_counted(tmp_path: Path, caplog: pytest.
 
     db = Database.open(tmp_path / "copy")
     stream = db.open_stream("s")
-    with caplog.at_level(logging.ERROR, logger="headwater.plugins.streams.store"):
+    with caplog.at_level(logging.ERROR, logger="headwater.core.store"):
         read = stream.read(0, max_count=100)
     assert [r.sequence for r in read] == [0, 1, 2, 4, 6, 8, 9]
     assert [r.payload for r in read] == [records[n].payload for n in (0, 1, 2, 4, 6, 8, 9)]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from headwater.plugins.streams.service import StreamRecord
-from headwater.plugins.streams.store import Database
+from headwater.core.store import Database
+from headwater.wire.streams import StreamRecord
 from tests.fixtures.broker import HeadwaterProcess
 from tests.fixtures.mosquitto import MosquittoSub, MqttMessage, mosquitto_pub
 

@@ -22,19 +22,18 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from headwater.broker.config import StreamConfig
-from headwater.broker.durable import IncomingPublish
 from headwater.broker.plugins import builtin_plugins
-from headwater.plugins.streams.memory import RECORD_OVERHEAD
-from headwater.plugins.streams.plugin import StreamsPlugin
-from headwater.plugins.streams.service import (
+from headwater.core.config import StreamConfig
+from headwater.core.publish import IncomingPublish
+from headwater.core.streams import (
     InvalidStreamRequestError,
-    StreamDescription,
     StreamExistsError,
     StreamNotFoundError,
-    StreamRecord,
     StreamRejectedError,
 )
+from headwater.plugins.streams.memory import RECORD_OVERHEAD
+from headwater.plugins.streams.plugin import StreamsPlugin
+from headwater.wire.streams import StreamDescription, StreamRecord
 from tests.fixtures.broker import BrokerFactory, InProcessBroker
 from tests.fixtures.disk import small_disk_free
 from tests.fixtures.mosquitto import MosquittoSub, mosquitto_pub, mosquitto_sub_once
@@ -101,7 +100,7 @@ streams:
 
 
 def test_builtin_plugins_always_include_streams_and_their_api(tmp_path: Path) -> None:
-    from headwater.broker.config import load_config  # noqa: PLC0415 - only this test needs it
+    from headwater.core.config import load_config  # noqa: PLC0415 - only this test needs it
     from tests.fixtures.broker import write_config  # noqa: PLC0415
 
     config = load_config(write_config(tmp_path, {"streams": {}}))
@@ -485,7 +484,7 @@ def test_a_full_disk_refuses_records_and_says_so(
 
     # Space comes back: writes resume without a restart, nothing stored is lost.
     (small_disk / "ballast").unlink()
-    database = streams.broker.app.host.database  # type: ignore[union-attr]
+    database = streams.broker.app.host.storage  # type: ignore[union-attr]
     deadline = time.monotonic() + 20
     while streams.run(lambda: database.write_error) is not None:
         assert time.monotonic() < deadline, "the database was not reopened"

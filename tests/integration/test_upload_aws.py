@@ -18,8 +18,8 @@ import pytest
 from headwater.clients import StreamClient
 from headwater.plugins.streams.api import StreamsApi
 from headwater.plugins.streams.plugin import StreamsPlugin
-from headwater.plugins.streams.service import StreamDescription
 from headwater.plugins.upload.plugin import DEAD_LETTER_STREAM, UploadPlugin
+from headwater.wire.streams import StreamDescription
 from tests.fixtures.aws import AwsClients
 from tests.fixtures.aws_faults import AwsFaultProxy
 from tests.fixtures.aws_targets import KinesisTarget, make_aws_target

@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 
-from headwater.broker.config import ExportConfig
 from headwater.clients import InvalidStreamRequestError, StreamClient
+from headwater.core.config import ExportConfig
 from headwater.plugins.streams.api import StreamsApi
 from headwater.plugins.streams.plugin import StreamsPlugin
-from headwater.plugins.streams.service import StreamDescription, StreamRecord
 from headwater.plugins.upload.plugin import DEAD_LETTER_STREAM, UploadPlugin
 from headwater.plugins.upload.sink import (
     AwsSession,
@@ -31,6 +30,7 @@ from headwater.plugins.upload.sink import (
     ExportOfflineError,
     SendOutcome,
 )
+from headwater.wire.streams import StreamDescription, StreamRecord
 from tests.fixtures.broker import BrokerFactory, InProcessBroker
 from tests.fixtures.mosquitto import MosquittoSub, mosquitto_pub
 

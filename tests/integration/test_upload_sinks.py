@@ -18,9 +18,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from headwater.broker.config import ExportConfig, parse_config
-from headwater.plugins.streams.service import StreamRecord
+from headwater.core.config import ExportConfig, parse_config
 from headwater.plugins.upload import iot_core, s3
+from headwater.plugins.upload.factory import build_sink
 from headwater.plugins.upload.sink import (
     AwsSession,
     ExportBlockedError,
@@ -30,7 +30,7 @@ from headwater.plugins.upload.sink import (
     ExportThrottledError,
     SendOutcome,
 )
-from headwater.plugins.upload.types import build_sink
+from headwater.wire.streams import StreamRecord
 from tests.fixtures import aws_targets
 from tests.fixtures.aws import AWS_REGION, AwsClients
 from tests.fixtures.aws_faults import AwsFaultProxy

@@ -1,4 +1,4 @@
-"""Unit and property tests for headwater.broker.access."""
+"""Unit and property tests for headwater.core.access."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.broker.access import ANONYMOUS, PROTECTED_STREAMS, AccessPolicy
-from headwater.broker.config import TopicACL
-from headwater.broker.stream_rights import StreamRights
-from headwater.broker.topics import InvalidTopicError, filter_covers, topic_matches
+from headwater.core.access import ANONYMOUS, PROTECTED_STREAMS, AccessPolicy
+from headwater.core.config import TopicACL
+from headwater.core.stream_rights import StreamRights
+from headwater.core.topics import InvalidTopicError, filter_covers, topic_matches
 from headwater.plugins.upload.plugin import DEAD_LETTER_STREAM
 
 ACL = {

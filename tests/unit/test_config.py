@@ -1,4 +1,4 @@
-"""Unit tests for headwater.broker.config: the exact one-line errors, parsing and defaults."""
+"""Unit tests for headwater.core.config: the exact one-line errors, parsing and defaults."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headwater.broker.config import (
+from headwater.core.config import (
     ConfigError,
     HeadwaterConfig,
     ListenerConfig,

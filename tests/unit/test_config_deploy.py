@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from headwater.broker.config import ConfigError, DeployConfig, DeployPolicy, RegistryCredential, parse_config
+from headwater.core.config import ConfigError, DeployConfig, DeployPolicy, RegistryCredential, parse_config
 
 
 def deploy_of(section: dict[str, Any]) -> DeployConfig:
@@ -208,7 +208,7 @@ def test_errors(section: dict[str, Any], message: str) -> None:
 def test_the_full_example_has_a_deploy_section_that_loads() -> None:
     from pathlib import Path  # noqa: PLC0415
 
-    from headwater.broker.config import load_config  # noqa: PLC0415
+    from headwater.core.config import load_config  # noqa: PLC0415
 
     config = load_config(Path(__file__).resolve().parents[2] / "config" / "examples" / "full.yaml")
     assert config.deploy.registries

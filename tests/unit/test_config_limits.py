@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from headwater.broker.config import BrokerLimits, ConfigError, parse_config
+from headwater.core.config import BrokerLimits, ConfigError, parse_config
 
 
 def broker(**section: Any) -> dict[str, Any]:

@@ -12,17 +12,19 @@ from headwater.clients.deploy import InvalidDeployRequestError, build_payload
 from headwater.plugins.deploy.errors import InvalidDeploymentError
 from headwater.plugins.deploy.model import (
     ContainerState,
+    parse_desired,
+    project_name,
+    service_problems,
+    summarize_services,
+)
+from headwater.wire.deploy import (
     DeploymentStatus,
     DesiredState,
     S3Reference,
     ServiceStatus,
     app_name_problem,
     format_time,
-    parse_desired,
-    project_name,
     revision_of,
-    service_problems,
-    summarize_services,
 )
 
 COMPOSE = "services:\n  web:\n    image: busybox\n"

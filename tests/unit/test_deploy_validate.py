@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from headwater.broker.config import DeployPolicy
+from headwater.core.config import DeployPolicy
 from headwater.plugins.deploy.compose_keys import POLICY_SWITCHES, SECTIONS, policy_markdown
 from headwater.plugins.deploy.errors import InvalidDeploymentError
 from headwater.plugins.deploy.validate import (

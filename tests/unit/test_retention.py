@@ -1,4 +1,4 @@
-"""Unit tests for headwater.plugins.streams.retention: the pure retention planner."""
+"""Unit tests for headwater.core.retention: the pure retention planner."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.plugins.streams.retention import (
+from headwater.core.retention import (
     AppendPlan,
     ExpirePlan,
     RetentionLimits,

@@ -1,6 +1,7 @@
 """The stream API's protocol and access rules without a broker, and the client's decoding.
 
-Server side: headwater.plugins.streams.api; client side: headwater.clients.streams.
+Wire shapes: headwater.wire.streams; server side: headwater.plugins.streams.api; client side:
+headwater.clients.streams.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headwater.broker.access import ANONYMOUS, AccessPolicy
-from headwater.broker.config import ConfigError, StreamConfig, TopicACL, parse_stream_config
 from headwater.broker.durable import PublishGate
 from headwater.clients import streams as client
+from headwater.core.access import ANONYMOUS, AccessPolicy
+from headwater.core.config import ConfigError, StreamConfig, TopicACL, parse_stream_config
 from headwater.plugins.streams.api import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_COUNT,
     AppendRequest,
     CreateRequest,
     DeleteRequest,
@@ -31,18 +30,22 @@ from headwater.plugins.streams.api import (
     RequestPermissions,
     UnanswerableRequestError,
     UpdateRequest,
-    encode_error,
-    encode_result,
     parse_envelope,
     parse_request,
     parse_target,
-    request_topic,
 )
-from headwater.plugins.streams.service import (
+from headwater.wire.streams import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_COUNT,
     ExportInfo,
     StorageInfo,
     StreamDescription,
     StreamRecord,
+    WireFormatError,
+    encode_error,
+    encode_result,
+    reply_topic,
+    request_topic,
 )
 
 PREFIX = "headwater"
@@ -507,7 +510,7 @@ def test_records_survive_the_wire(payload: bytes, topic: str, sequence: int) -> 
         sequence=sequence, timestamp_ms=1_700_000_000_000, topic=topic, qos=1, client_id="c", payload=payload
     )
     wire = json.loads(json.dumps(record.to_json_dict()))
-    assert client.record_from_json(wire) == record
+    assert StreamRecord.from_json_dict(wire) == record
 
 
 def test_descriptions_survive_the_wire() -> None:
@@ -538,9 +541,9 @@ def test_descriptions_survive_the_wire() -> None:
         ),
     )
     wire = json.loads(json.dumps(description.to_json_dict()))
-    assert client.description_from_json(wire) == description
+    assert StreamDescription.from_json_dict(wire) == description
     empty = StreamDescription(name="e", persistence="memory", storage=StorageInfo(None, None, 0, 0))
-    assert client.description_from_json(json.loads(json.dumps(empty.to_json_dict()))) == empty
+    assert StreamDescription.from_json_dict(json.loads(json.dumps(empty.to_json_dict()))) == empty
 
 
 @pytest.mark.parametrize(
@@ -554,8 +557,8 @@ def test_descriptions_survive_the_wire() -> None:
     ],
 )
 def test_malformed_records_are_reported(wire: object) -> None:
-    with pytest.raises(client.MalformedResponseError):
-        client.record_from_json(wire)
+    with pytest.raises(WireFormatError):
+        StreamRecord.from_json_dict(wire)
 
 
 @pytest.mark.parametrize(
@@ -571,15 +574,15 @@ def test_malformed_records_are_reported(wire: object) -> None:
     ],
 )
 def test_error_responses_become_typed_exceptions(error_type: str, exception: type[Exception]) -> None:
-    response = json.loads(encode_error("1", error_type, "why"))  # type: ignore[arg-type]
+    response = encode_error("1", error_type, "why")  # type: ignore[arg-type]
     with pytest.raises(exception, match=r"^why$") as raised:
         client._result_of(response)  # noqa: SLF001 - the pure half of request()
     assert isinstance(raised.value, client.StreamClientError)
     assert raised.value.error_type == error_type  # type: ignore[attr-defined]
 
 
-def test_default_reply_topic_keeps_its_shape() -> None:
-    assert client.default_reply_topic("headwater", "alice", "cli-1") == "headwater/replies/alice/cli-1"
-    assert client.default_reply_topic("hw", None, "c") == "hw/replies/anonymous/c"
-    assert client.default_reply_topic("hw", "a/b", "x/+#") == "hw/replies/a_b/x___"
-    assert client.default_reply_topic("hw", "u", "") == "hw/replies/u/_"
+def test_reply_topic_keeps_its_shape() -> None:
+    assert reply_topic("headwater", "alice", "cli-1") == "headwater/replies/alice/cli-1"
+    assert reply_topic("hw", None, "c") == "hw/replies/anonymous/c"
+    assert reply_topic("hw", "a/b", "x/+#") == "hw/replies/a_b/x___"
+    assert reply_topic("hw", "u", "") == "hw/replies/u/_"

@@ -1,4 +1,4 @@
-"""Unit and property tests for headwater.broker.topics (MQTT 3.1.1 section 4.7)."""
+"""Unit and property tests for headwater.core.topics (MQTT 3.1.1 section 4.7)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwater.broker.topics import (
+from headwater.core.topics import (
     MAX_TOPIC_BYTES,
     InvalidTopicError,
     TopicFilterIndex,

@@ -22,11 +22,11 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
-from headwater.broker.config import ExportConfig, parse_config
-from headwater.plugins.streams.service import StreamRecord
+from headwater.core.config import ExportConfig, parse_config
 from headwater.plugins.upload import firehose, iot_core, kinesis, s3
 from headwater.plugins.upload._batching import send_in_order, split_within
 from headwater.plugins.upload._errors import export_error
+from headwater.plugins.upload.factory import build_sink
 from headwater.plugins.upload.sink import (
     AwsSession,
     BatchLimits,
@@ -36,7 +36,7 @@ from headwater.plugins.upload.sink import (
     ExportRetryableError,
     ExportThrottledError,
 )
-from headwater.plugins.upload.types import build_sink
+from headwater.wire.streams import StreamRecord
 
 KiB = 1024
 MiB = 1024 * KiB

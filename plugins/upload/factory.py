@@ -14,7 +14,7 @@ from headwater.plugins.upload.kinesis import KinesisSink
 from headwater.plugins.upload.s3 import S3Sink
 
 if TYPE_CHECKING:
-    from headwater.broker.config import ExportConfig
+    from headwater.core.config import ExportConfig
     from headwater.plugins.upload.sink import AwsSession, ExportSink
 
 __all__ = ["build_sink"]

@@ -1,6 +1,6 @@
 """Retention decisions for durable streams: pure functions, no I/O.
 
-:mod:`headwater.plugins.streams.store` asks these functions *what* to keep and *what* to remove,
+:mod:`headwater.core.store` asks these functions *what* to keep and *what* to remove,
 then executes the answer in one RocksDB write batch. Everything here works on sequence numbers
 and encoded record sizes only, so it is tested without a database.
 

@@ -3,7 +3,7 @@
 Owns the decisions behind the stream API's ``forbidden`` errors that are about a *stream* (the
 API itself, headwater.plugins.streams.api, adds the checks about *topics*: the request topic,
 ``reply_to``, an append's ``topic``, a stream's ``topics``). Pure and synchronous like
-:class:`~headwater.broker.access.AccessPolicy`, whose ACL entries it reads; it must never do
+:class:`~headwater.core.access.AccessPolicy`, whose ACL entries it reads; it must never do
 I/O, await or log.
 
 Three rights per stream, listed per ACL entry as stream name patterns (``*`` any run of
@@ -32,7 +32,7 @@ grants nothing):
 
 Without an ACL at all every right is granted; a user without an ACL entry has none.
 
-A stream in :data:`~headwater.broker.access.PROTECTED_STREAMS` (``dead-letter``, which holds
+A stream in :data:`~headwater.core.access.PROTECTED_STREAMS` (``dead-letter``, which holds
 records of every stream) is granted only by a pattern that spells out its name: never by ``*``,
 ``?``, ``%u``, nor by a default derived from topic rules (``subscribe: ["#"]`` does not read it).
 
@@ -46,7 +46,7 @@ import functools
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from headwater.broker.access import PROTECTED_STREAMS, AccessPolicy, StreamRight
+from headwater.core.access import PROTECTED_STREAMS, AccessPolicy, StreamRight
 
 __all__ = ["StreamAction", "StreamRights", "StreamRightsStatistics"]
 

@@ -1,4 +1,4 @@
-"""Headwater's configuration: the YAML schema of PRODUCT.md as typed, frozen objects.
+"""Headwater's configuration: the YAML schema as typed, frozen objects.
 
 Owns: reading a YAML file (or the embedded default), validating every key once, and turning it
 into the frozen dataclasses below. It must never open sockets, databases or files other than the
@@ -39,6 +39,7 @@ Reading rules, in one place:
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import math
 import re
@@ -54,7 +55,8 @@ from urllib.parse import urlsplit
 import yaml
 from yaml.constructor import ConstructorError
 
-from headwater.broker.topics import InvalidTopicError, validate_topic_filter, validate_topic_name
+from headwater.core.topics import InvalidTopicError, validate_topic_filter, validate_topic_name
+from headwater.wire.streams import STREAM_NAME, stream_name_problem
 
 __all__ = [
     "AwsConfig",
@@ -139,7 +141,7 @@ class TopicACL:
     ``None`` (the key absent) binds no client id. ``stream_read``, ``stream_append`` and
     ``stream_admin`` (YAML: ``streams: {read, append, admin}``): stream name patterns granting
     those stream API rights; ``None`` (``read`` / ``append`` absent) derives the right from the
-    topic rules, ``admin`` defaults to none. headwater.broker.stream_rights has the rules.
+    topic rules, ``admin`` defaults to none. headwater.core.stream_rights has the rules.
     """
 
     publish: tuple[str, ...] = ()
@@ -213,7 +215,7 @@ class ExportConfig:
     iot_core  ``topic: str`` (template), ``qos: int`` (0 or 1)
     ========  ===========================================================================
 
-    Templates only contain the placeholders listed in PRODUCT.md, without format specs, so
+    Templates only contain the placeholders listed in the table above, without format specs, so
     ``template.format(**fields)`` with those fields always succeeds.
     """
 
@@ -224,7 +226,7 @@ class ExportConfig:
     batch_interval: float = 1.0  # seconds
     max_bandwidth: float | None = None  # bytes per second
     start: Literal["oldest", "newest"] | int = "oldest"
-    # Type-specific keys, validated and defaulted per type (see PRODUCT.md's export table).
+    # Type-specific keys, validated and defaulted per type (docs/uploads.md lists them).
     options: Mapping[str, object] = field(default_factory=dict)
 
 
@@ -528,6 +530,24 @@ def _yaml_error_reason(exc: yaml.YAMLError) -> str:
 
 
 _EMBEDDED_SOURCE: Final = "<embedded default>"
+_EMBEDDED_NAME: Final = "headwater.yaml"
+
+
+def _read_embedded_default() -> str:
+    """The text of ``headwater.defaults/headwater.yaml``, in a regular or an editable install.
+
+    ``headwater.defaults`` is a data-only namespace package. In an editable install
+    (``pip install -e .``) its ``__path__`` holds the real folder *and* setuptools' path-hook
+    placeholder, and ``resources.files()`` then builds a ``MultiplexedPath``, which refuses any
+    entry that is not a folder. So the file is looked up in each real folder of the path first;
+    ``resources`` remains the way for installs whose path has no folder (a zip).
+    """
+    package = importlib.import_module("headwater.defaults")
+    for folder in getattr(package, "__path__", ()):
+        candidate = Path(folder) / _EMBEDDED_NAME
+        if candidate.is_file():
+            return candidate.read_text("utf-8")
+    return resources.files(package).joinpath(_EMBEDDED_NAME).read_text("utf-8")
 
 
 def load_config(path: Path | None) -> HeadwaterConfig:
@@ -540,7 +560,7 @@ def load_config(path: Path | None) -> HeadwaterConfig:
     if path is None:
         source = _EMBEDDED_SOURCE
         try:
-            text = resources.files("headwater.defaults").joinpath("headwater.yaml").read_text("utf-8")
+            text = _read_embedded_default()
         except (OSError, ModuleNotFoundError) as exc:
             raise ConfigError("", f"{source}: cannot read headwater.defaults/headwater.yaml: {exc}") from exc
     else:
@@ -1284,8 +1304,9 @@ def parse_stream_config(name: str, data: object) -> StreamConfig:
     Raises :class:`ConfigError` naming ``streams.<name>.<key>``, exactly as :func:`parse_config`
     would for the same section in a file, and for a ``name`` that is no valid stream name.
     """
-    if not _NAME.fullmatch(name):
-        raise ConfigError(_join("streams", name), f"invalid stream name {name!r} (expected {_NAME_RULE})")
+    problem = stream_name_problem(name)
+    if problem is not None:
+        raise ConfigError(_join("streams", name), problem)
     return _stream(name, data, _join("streams", name))
 
 
@@ -1433,7 +1454,7 @@ def parse_config(data: object, *, source: str) -> HeadwaterConfig:
     broker = _broker(top)
     streams = {
         name: _stream(name, value, path)
-        for name, value, path in top.named("streams", what="stream", pattern=_NAME)
+        for name, value, path in top.named("streams", what="stream", pattern=STREAM_NAME)
     }
     uploads = top.section("uploads", ("max_bandwidth", "max_backoff", "priority_aging"))
     deploy = _deploy(top)

@@ -2,7 +2,7 @@
 
 Nothing else imports rocksdict or builds keys. Everything Headwater keeps on disk lives in one
 RocksDB database at ``<data_dir>/db``, one column family per concern. Retention *policy*
-(what to drop) is decided by the pure functions of :mod:`headwater.plugins.streams.retention`;
+(what to drop) is decided by the pure functions of :mod:`headwater.core.retention`;
 this module executes those decisions, atomically, in the same write batch as the records.
 
 Key layout
@@ -155,7 +155,7 @@ from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar, cast
 
 from rocksdict import Options, Rdict, WriteBatch
 
-from headwater.plugins.streams.retention import (
+from headwater.core.retention import (
     RetentionLimits,
     StreamState,
     plan_append,
@@ -163,7 +163,8 @@ from headwater.plugins.streams.retention import (
     plan_free_through,
     unexported_by_export,
 )
-from headwater.plugins.streams.service import ExportProgress, StorageInfo, StreamRecord
+from headwater.core.streams import ExportProgress
+from headwater.wire.streams import StorageInfo, StreamRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
@@ -354,7 +355,7 @@ class Database:
         self._column_families: dict[str, ColumnFamily] = {
             name: db.get_column_family_handle(name) for name in _REQUIRED_COLUMN_FAMILIES
         }
-        # Column-family views (Rdict objects) are cached; close() drops them (NOTES.md).
+        # Column-family views (Rdict objects) are cached; close() drops them.
         self._views: dict[str, Rdict] = {}
         self._stream_families: set[str] = {
             name for name in column_families if name.startswith(_STREAM_FAMILY_PREFIX)
@@ -650,7 +651,7 @@ class Database:
         if self._db is None:
             return
         db, self._db = self._db, None
-        # rocksdict only really closes once no column-family object is alive (NOTES.md).
+        # rocksdict only really closes once no column-family object is alive.
         self._column_families.clear()
         self._views.clear()
         self._streams.clear()

@@ -38,7 +38,7 @@ length times the pattern's (no backtracking regex: client ids come from the netw
 - :meth:`AccessPolicy.may_use_client_id`: true without an ACL or when the user's entry has no
   ``client_ids``; false for a user without an entry; otherwise one pattern must match.
 - :meth:`AccessPolicy.stream_grant`: the user's *listed* stream API right, the building block of
-  :class:`headwater.broker.stream_rights.StreamRights` (which adds the defaults derived from
+  :class:`headwater.core.stream_rights.StreamRights` (which adds the defaults derived from
   topic rules). A name in :data:`PROTECTED_STREAMS` (the upload plugin's ``dead-letter``
   stream, which holds records of every stream) is granted only by a pattern that is exactly that
   name: never by a wildcard or ``%u``.
@@ -46,7 +46,7 @@ length times the pattern's (no backtracking regex: client ids come from the netw
 Exceptions::
 
     ValueError                  an ACL name pattern is invalid (the message names the entry)
-     └── InvalidTopicError      (headwater.broker.topics) an ACL filter is invalid
+     └── InvalidTopicError      (headwater.core.topics) an ACL filter is invalid
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
-from headwater.broker.config import TopicACL
-from headwater.broker.topics import (
+from headwater.core.config import TopicACL
+from headwater.core.topics import (
     InvalidTopicError,
     TopicFilterIndex,
     filter_covers,
@@ -338,7 +338,7 @@ class AccessPolicy:
 
         True without an ACL; false for a user without an entry; ``None`` when the entry does not
         list ``right`` (``streams.read`` / ``streams.append`` absent: the caller derives the right
-        from the topic rules, see :class:`headwater.broker.stream_rights.StreamRights`); else
+        from the topic rules, see :class:`headwater.core.stream_rights.StreamRights`); else
         whether a listed pattern matches ``stream``. A stream in :data:`PROTECTED_STREAMS` is
         matched only by a pattern that spells out its name. Not cached (its caller caches).
         """
