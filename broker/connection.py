@@ -9,6 +9,8 @@ amqtt's packet reader:
   (:mod:`headwater.broker.framing`); a packet that is too large, malformed, of a type a client
   may not send (CONNACK, a second CONNECT...) or cut short closes the connection, as MQTT 3.1.1
   section 4.8 asks — amqtt skipped the packet and read on from wherever its parser stopped;
+* amqtt's ``PACKET_RECEIVED`` plugin event is not fired (Headwater runs no amqtt plugins; the
+  event cost several awaits per packet);
 * keepalive is enforced: a client silent for one and a half keepalive periods is disconnected
   (MQTT-3.1.2-24); amqtt never did;
 * flow control, per connection and direction, ``max_inflight_messages`` = N: reading pauses
