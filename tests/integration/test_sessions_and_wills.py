@@ -308,3 +308,18 @@ def test_a_clean_session_ends_with_its_connection(secured: InProcessBroker) -> N
     assert "shared-id" not in secured.app.broker.sessions
     with RawClient(secured.port) as second:
         assert second.connect("shared-id", username="bob", password="bob-secret") == 0
+
+
+def test_mosquitto_sub_with_a_persistent_session_gets_what_was_published_while_away(
+    headwater: InProcessBroker,
+) -> None:
+    """mosquitto_sub -c: an anonymous persistent session keeps its QoS 1 messages (as mosquitto)."""
+    topic = _unique("dev")
+    args = ["mosquitto_sub", "-p", str(headwater.port), "-i", "sleeper", "-c", "-q", "1", "-t", topic, "-v"]
+    first = subprocess.run([*args, "-W", "1"], capture_output=True, text=True, timeout=10, check=False)
+    assert first.stdout == ""
+    mosquitto_pub(headwater.port, topic, "hello", qos=1)
+    again = subprocess.run(
+        [*args, "-C", "1", "-W", "5"], capture_output=True, text=True, timeout=10, check=False
+    )
+    assert again.stdout.strip() == f"{topic} hello"
