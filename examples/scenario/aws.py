@@ -166,8 +166,8 @@ def check_once(config: HeadwaterConfig, url: str, only: list[str]) -> tuple[int,
         delivered: Counter[object]
         wanted: list[object]
         if export.type == "s3":
-            lines, objects = s3_lines(config, export, stream)
-            delivered = Counter((line["sequence"], payload_of(line)) for line in lines)
+            objects_lines, objects = s3_lines(config, export, stream)
+            delivered = Counter((line["sequence"], payload_of(line)) for line in objects_lines)
             wanted = [(record.sequence, payload_of(record.to_json_dict())) for record in records]
             where = f"s3://{export.options['bucket']} ({objects} objects)"
         elif export.type == "kinesis":

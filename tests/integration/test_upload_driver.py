@@ -407,7 +407,7 @@ def test_the_cli_describe_shows_the_exports(headwater_factory: BrokerFactory) ->
     assert (paused.returncode, paused.stdout) == (0, "export fake of stream telemetry: disabled\n")
     assert json.loads(cli("resume", "telemetry", "fake", "--json").stdout)["state"] != "disabled"
     unknown = cli("pause", "telemetry", "nope")
-    assert unknown.returncode == 2
+    assert unknown.returncode == 3  # not found (the CLI's exit status table)
     assert "no export 'nope'" in unknown.stderr
 
 
