@@ -15,17 +15,18 @@ event-loop iteration until :class:`GroupCommitPolicy` says the batch is complete
 :meth:`GroupCommit.flush` writes the whole batch at once: per stream one ``append_batch`` (for a
 file stream one atomic RocksDB write, in the WAL when it returns). If a stream written has
 ``flush_on_write: true``, the flush asks for one ``Database.request_wal_sync()`` for the whole
-batch; the futures of the other streams are resolved at once, theirs when that fsync is done. No
+batch; the futures of the other streams are settled at once, theirs when that fsync is done. No
 task is involved: the flush is a callback, the fsync runs in the database's own worker.
 
 A publish landing in one stream gets that stream's batch future (shared by every publish of the
 batch landing only there); a publish landing in several streams gets a joint future, settled
 once all of its writes are (failed if any of them failed).
 
-Settling: a write the storage refused (``StorageError``) fails its futures — the broker then
-does not acknowledge and closes the connection, so the client resends. A write that raised
-anything else is a bug; it is logged and its futures fail the same way rather than wait forever.
-An ``append`` caller whose record the stream refused (``reject_new``, too large) gets
+To settle a future is to complete it, with a result or an exception. A write the storage refused
+(``StorageError``) fails its futures — the broker then does not acknowledge and closes the
+connection, so the client resends. A write that raised anything else is a bug; it is logged and
+its futures fail the same way rather than wait forever. An ``append`` caller whose record the
+stream refused (``reject_new``, too large) gets
 :class:`~headwater.core.streams.StreamRejectedError`; a publisher's future completes normally.
 """
 
@@ -241,7 +242,7 @@ class GroupCommit:
                 write.error = exc
                 self._failed += len(write.records)
                 self._on_failed(stream, exc)
-                self._finish(write)
+                self._settle_write(write)
                 continue
             except Exception as exc:
                 # A bug (the store refused its arguments), not the disk: fail these publishes
@@ -249,20 +250,20 @@ class GroupCommit:
                 logger.exception("stream %s: appending %d record(s) failed", stream.name, len(write.records))
                 write.error = exc
                 self._failed += len(write.records)
-                self._finish(write)
+                self._settle_write(write)
                 continue
             self._count_outcome(stream, write.outcome)
             self._on_written(stream)
             if stream.config.flush_on_write:
                 synced.append(write)
             else:
-                self._finish(write)
+                self._settle_write(write)
         if not synced:
-            _settle_joint(batch)
+            _settle_batch(batch)
             return
         self._syncing.add(batch)
         sync = self._request_wal_sync()
-        sync.add_done_callback(functools.partial(self._synced, batch, synced))
+        sync.add_done_callback(functools.partial(self._settle_synced, batch, synced))
 
     async def wait_written(self) -> None:
         """Write what is queued now and return once every write has its fsync (or failed)."""
@@ -273,7 +274,7 @@ class GroupCommit:
     def settle_pending(self, error: StreamError) -> None:
         """Fail every future still waiting (queued, or written and waiting for an fsync)."""
         for batch in (*self._syncing, self._batch):
-            _settle(batch, error)
+            _settle_failed(batch, error)
 
     def statistics(self) -> GroupCommitStatistics:
         """A snapshot of the counters."""
@@ -287,7 +288,7 @@ class GroupCommit:
             wal_syncs=self._wal_syncs,
         )
 
-    def _synced(self, batch: _Batch, synced: list[_PendingWrite], sync: asyncio.Future[None]) -> None:
+    def _settle_synced(self, batch: _Batch, synced: list[_PendingWrite], sync: asyncio.Future[None]) -> None:
         """The fsync a batch asked for is done: settle the futures that waited for it."""
         self._syncing.discard(batch)
         error = StorageWriteError("the fsync was cancelled") if sync.cancelled() else sync.exception()
@@ -298,12 +299,12 @@ class GroupCommit:
                 write.error = error
                 self._failed += len(write.records)
                 self._on_failed(write.stream, error)
-            self._finish(write)
-        _settle_joint(batch)
+            self._settle_write(write)
+        _settle_batch(batch)
 
-    def _finish(self, write: _PendingWrite) -> None:
+    def _settle_write(self, write: _PendingWrite) -> None:
         """Settle the futures of one stream's part of a batch and tell readers."""
-        _resolve(write.future, write.error)
+        _settle_future(write.future, write.error)
         for index, waiter in write.sequence_waiters:
             if waiter.done():
                 continue  # the append() caller went away
@@ -339,7 +340,7 @@ def _rejected(stream: ServedStream) -> StreamRejectedError:
     )
 
 
-def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+def _settle_future(future: asyncio.Future[None], error: BaseException | None) -> None:
     if future.done():
         return
     if error is None:
@@ -351,22 +352,22 @@ def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
     future.exception()
 
 
-def _settle_joint(batch: _Batch) -> None:
+def _settle_batch(batch: _Batch) -> None:
     """Every write of ``batch`` is settled: settle the multi-stream futures and the batch."""
     for joint, writes in batch.joint:
-        _resolve(joint, next((write.error for write in writes if write.error is not None), None))
+        _settle_future(joint, next((write.error for write in writes if write.error is not None), None))
     if not batch.done.done():
         batch.done.set_result(None)
 
 
-def _settle(batch: _Batch, error: BaseException) -> None:
+def _settle_failed(batch: _Batch, error: BaseException) -> None:
     """Fail whatever of ``batch`` is still pending, then mark the batch settled."""
     for write in batch.writes.values():
-        _resolve(write.future, error)
+        _settle_future(write.future, error)
         for _, waiter in write.sequence_waiters:
             if not waiter.done():
                 waiter.set_exception(error)
     for joint, _ in batch.joint:
-        _resolve(joint, error)
+        _settle_future(joint, error)
     if not batch.done.done():
         batch.done.set_result(None)

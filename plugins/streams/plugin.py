@@ -54,7 +54,7 @@ Background tasks (owned by the plugin host, named, stopped by :meth:`StreamsPlug
 * ``headwater-streams-retention``: every second, :class:`~headwater.plugins.streams.sweeper.RetentionSweep`.
 * ``headwater-streams-status``: :class:`~headwater.plugins.streams.status.StatusPublisher`.
 
-``stop`` unregisters the interceptor, writes what is queued, resolves every pending future
+``stop`` unregisters the interceptor, writes what is queued, settles every pending future
 (failing any that could not be written), stops the tasks and wakes long-polling readers.
 
 Errors raised by the service methods: the :class:`~headwater.core.streams.StreamError`
