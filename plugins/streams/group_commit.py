@@ -65,10 +65,8 @@ class GroupCommitPolicy:
     iterations in a row brought no new record (the burst is over: an idle broker writes a lone
     record after that many short iterations), or after ``max_iterations`` iterations, or once
     its first record waited ``max_delay`` seconds, or once it holds ``max_records`` records.
-    Measured on the 2-core development machine, one ``mosquitto_pub -l -q 1`` into a file stream:
-    writing after every iteration (one record per write) ran at 0.62x the broker without
-    streams; these defaults gather the client's whole in-flight window (about 20 records) per
-    write and ran at 0.95-1.0x.
+    The defaults gather a publishing client's whole in-flight window per write; writing after
+    every iteration is much slower (docs/benchmarks.md has the measurements).
     """
 
     quiet_iterations: int = 8

@@ -27,10 +27,9 @@ its write (see :mod:`~headwater.plugins.streams.group_commit`). The durable-ack 
 the PUBACK / PUBREC of a QoS 1/2 publish when its future completes; nobody waits for a QoS 0
 publish, yet it lands in the stream the same way. ``memory`` streams go through the same batches
 (their "write" is an append to the ring): a publish is acknowledged once it is in the ring, so
-what was acknowledged can be read. Measured with one ``mosquitto_pub -l -q 1`` (100k x 200 B,
-uvloop, 2 cores): a file stream ingests as fast as no stream (acknowledgements leave in bursts
-of a whole batch, which also batches the client's next publishes), ``flush_on_write`` at about
-0.85x, a memory stream at about 0.95x.
+what was acknowledged can be read. Acknowledgements leave in bursts of a whole batch, which
+also batches the client's next publishes, so a stream costs a publishing client little
+(docs/benchmarks.md has the measurements).
 
 Headwater's control topics (everything under ``<topic_prefix>/``: stream API requests, deploy
 messages that may carry compose files) are recorded only by a stream with a filter that names
