@@ -284,7 +284,7 @@ def fill(data_dir: Path, records: Sequence[StreamRecord]) -> None:
 
 
 def json_line(record: StreamRecord) -> bytes:
-    """One line of an S3 object, as PRODUCT.md defines it (compact UTF-8 JSON, newline)."""
+    """One line of an S3 object: the record's JSON object as compact UTF-8, then a newline."""
     return json.dumps(record.to_json_dict(), ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 

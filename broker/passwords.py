@@ -15,10 +15,9 @@ control/format characters, do not start with ``#`` (that would read as a comment
 ``anonymous`` (the ACL key for clients without a username). A user appears at most once.
 
 Cost: argon2id with ``time_cost=2``, ``memory_cost=19456`` KiB (19 MiB), ``parallelism=1``:
-OWASP's minimum for argon2id. One :meth:`PasswordFile.verify` took 16 ms on this project's
-reference machine (2-core AMD EPYC VM, Python 3.11, argon2-cffi 25.1; best of 20, median
-17 ms; the same for a wrong password and for an unknown user). That is CPU time holding a
-core (the GIL is released meanwhile), so the broker must call it off the event loop
+OWASP's minimum for argon2id. One :meth:`PasswordFile.verify` takes milliseconds (the same for
+a wrong password and for an unknown user; docs/benchmarks.md has the measurement). That is CPU
+time holding a core (the GIL is released meanwhile), so the broker must call it off the event loop
 (``await asyncio.to_thread(passwords.verify, username, password)``); 19 MiB per concurrent
 verification is the memory price.
 

@@ -91,8 +91,8 @@ def _disable_nagle(client: mqtt.Client) -> None:
     """Send small packets at once (paho leaves Nagle's algorithm on).
 
     Request/response over MQTT is a string of small packets: with Nagle on, a request written
-    while our previous PUBACK is still unacknowledged waits for the broker's delayed ACK —
-    ~40 ms per stream-API call on Linux (measured: 44 ms → under 2 ms per describe).
+    while our previous PUBACK is still unacknowledged waits for the broker's delayed ACK, which
+    dominates each stream-API call on Linux (docs/benchmarks.md has the measurement).
     """
     sock = client.socket()
     if isinstance(sock, socket.socket):

@@ -115,13 +115,12 @@ rejected new: dropping every other record would not make it fit. Deletes are ran
 Performance
 -----------
 
-Measured on the 2-core development machine (Python 3.11, rocksdict 0.3.29, no fsync):
-``append_batch`` of 500 records with 200-byte payloads, about 950k records/s
-(``PYTHONPATH=<headwater install> python -m tests.integration.test_stream_store`` prints it);
-the same at the size limit under ``overwrite_oldest`` (each batch also reads the sizes of the
-records it drops and range-deletes them), about 550k records/s, steady over 4M records.
-``read`` of 500 records: about 600k records/s. Per record the work is one ``struct`` pack, one
-CRC-32 and one ``WriteBatch.put``; metadata is one more ``put`` per batch.
+Per record the work is one ``struct`` pack, one CRC-32 and one ``WriteBatch.put``; metadata is
+one more ``put`` per batch, so a batch costs little more than its records. At the size limit
+under ``overwrite_oldest`` each batch also reads the sizes of the records it drops and
+range-deletes them, which stays steady however long the stream has been full.
+``PYTHONPATH=<headwater install> python -m tests.integration.test_stream_store`` prints the
+rates; docs/benchmarks.md has the measured ones.
 
 Exception tree
 --------------

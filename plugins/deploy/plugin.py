@@ -508,7 +508,7 @@ class DeployPlugin:
             )
             self._deployments += 1
         logger.info("deploy: %s revision %s is up", app.name, revision)
-        services = await self._settle(project, expected)
+        services = await self._wait_settled(project, expected)
         await self._publish_settled(app, revision, services, deployed_at, fresh=True)
 
     async def _compose_up(self, app: str, desired: DesiredState, *, force: bool) -> tuple[str, ...]:
@@ -615,7 +615,7 @@ class DeployPlugin:
         # `deploy status` stops listing it. A new message publishes a status again.
         await self._publish_topic(self._status_topic(app.name), b"")
 
-    async def _settle(self, project: str, expected: tuple[str, ...]) -> tuple[ServiceStatus, ...]:
+    async def _wait_settled(self, project: str, expected: tuple[str, ...]) -> tuple[ServiceStatus, ...]:
         """Poll until no service is on its way (or one stopped, or settle_timeout passed)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settle_timeout

@@ -1,8 +1,10 @@
 """The stream API over MQTT 3.1.1: request/response under ``<prefix>/streams/...``.
 
-Owns the server side of the stream API: parsing and validating requests, who may do what
-through it, and the small async shell that sees requests, calls a
-:class:`~headwater.core.streams.StreamService` and publishes the responses. It must
+Owns the async shell of the stream API's server side: it sees requests, calls a
+:class:`~headwater.core.streams.StreamService` and publishes the responses. Parsing and
+validating requests is :mod:`~headwater.plugins.streams.requests` (the requests, the
+responses and the error types are documented there), who may do what is
+:mod:`~headwater.plugins.streams.permissions`; both are pure and re-exported here. It must
 never touch RocksDB (that is the service's business), and never delay the PUBACK of a request:
 requests are answered on their own topic, not by holding the acknowledgement. The topics, the
 envelope and every JSON shape of the responses are declared once, in
@@ -10,108 +12,6 @@ envelope and every JSON shape of the responses are declared once, in
 
 Everything below works with nothing but ``mosquitto_pub`` / ``mosquitto_sub``; docs/stream-api.md
 is the same contract with examples.
-
-Requests
---------
-
-A request is a PUBLISH (any QoS, not retained) of a JSON object to a request topic::
-
-    <prefix>/streams/_list              list the streams
-    <prefix>/streams/<stream>/<op>      op: read, describe, append, create, update, delete, export
-
-``<prefix>`` is ``topic_prefix`` (default ``headwater``). ``_list`` cannot be a stream name
-(stream names start with a letter or digit). ``<prefix>/streams/<stream>/status`` is the
-retained status topic that Headwater publishes; clients cannot publish to it.
-
-Every request object carries:
-
-``reply_to`` (string, required)
-    The topic the response is published to (QoS 1, not retained). Subscribe to it before
-    sending the request. See *Access control* for which topics are accepted.
-``request_id`` (string or integer, optional)
-    Echoed in the response, to match responses to requests.
-
-and, per operation (any other key is refused as ``invalid``):
-
-============  ==============================================================================
-op            keys
-============  ==============================================================================
-``_list``     none
-describe      none
-read          ``from`` (sequence, default 0 = the oldest record still stored), ``max`` (1..10000,
-              default 100), ``max_bytes`` (payload bytes, 1..4MiB, default 1MiB; one record is
-              returned even if it alone is larger), ``min`` (0..``max``, default 1) and
-              ``timeout`` (seconds, 0..60, default 0): wait up to ``timeout`` until at least
-              ``min`` records are there (long poll); answer earlier when ``max_bytes`` is
-              reached
-append        ``payload`` (text, stored as UTF-8) or ``payload_b64`` (base64 bytes), exactly
-              one; ``topic`` (default: the request topic), stored as the record's topic
-create        ``config``: the stream's settings, the keys of a ``streams.<name>`` section of the
-              YAML config (``topics``, ``persistence``, ``max_size``, ``strategy_on_full``,
-              ``ttl``, ``flush_on_write``, ``drop_exported``, ``exports``), validated by the same
-              rules; absent keys take their defaults
-update        ``config`` as for create. It *replaces* the stream's settings: absent keys take
-              their defaults, they do not keep their current values
-delete        none
-export        ``export`` (an export id of the stream, required) and ``enabled`` (boolean,
-              required): pause (``false``, state ``disabled``) or resume an export; persisted
-============  ==============================================================================
-
-Responses
----------
-
-One JSON object on ``reply_to``::
-
-    {"request_id": <as sent, or null>, "ok": true,  "result": <per op>}
-    {"request_id": <as sent, or null>, "ok": false, "error": {"type": <type>, "message": <text>}}
-
-Results: ``_list`` → ``{"streams": [<describe object>, ...]}`` (only the streams the requester
-may describe, sorted by name); describe, create and update → the describe object (the same as
-``headwater streams describe --json`` and the status topic); read → ``{"records": [<record>, ...],
-"next_sequence": <n>}`` where a record is ``{"sequence", "timestamp" (ms), "topic", "qos",
-"client_id", "payload" | "payload_b64"}`` and ``next_sequence`` is the ``from`` of the next read;
-append → ``{"sequence": <n>}``; delete → ``{"name": <stream>}``; export → the export object of
-the describe object.
-
-Error types: ``not_found`` (no such stream), ``exists`` (create of an existing name),
-``rejected`` (the stream refused the record: full with ``reject_new``, too large), ``invalid``
-(malformed request, unknown op, bad config; the message names the key), ``forbidden`` (the ACL,
-below), ``failed`` (the stream could not do it, e.g. a storage error) and ``internal`` (a bug;
-details are in Headwater's log).
-
-Access control
---------------
-
-The API never lets a user read data it could not read, send data where it could not, or destroy
-data it does not administer. Per stream it checks three rights that the ACL entry lists under
-``streams: {read, append, admin}`` as stream name patterns, or that are derived from topic rules
-when the entry does not list them (:mod:`headwater.core.stream_rights` has the rules; without
-an ACL everything is allowed):
-
-* Every request needs the right to *publish* to its request topic (the broker checks that
-  before the API sees the request). E.g. ``publish: ["headwater/streams/+/read"]``.
-* ``read`` and ``describe`` of stream S need the ``read`` right on S (derived: the right to
-  *subscribe* to ``<prefix>/streams/S/records`` for read, to ``<prefix>/streams/S/status`` for
-  describe); ``_list`` shows only the streams the requester may describe.
-* ``append`` to S needs the ``append`` right on S (derived: the right to publish the request),
-  and, with an explicit ``topic``, the right to publish to that topic.
-* ``create`` and ``update`` of S need the ``admin`` right on S, the right to subscribe to each
-  of the stream's ``topics`` (a stream is a recording of those topics) and, when the config has
-  ``exports``, the ``read`` right on S (an export sends the stream's records out).
-* ``delete`` of S and ``export`` (pause/resume) of S's exports need the ``admin`` right on S.
-* ``admin`` is never derived: only a pattern under ``streams.admin`` grants it.
-* ``dead-letter`` (the upload plugin's stream of refused records, holding records of every
-  stream) is granted only by a pattern that is exactly ``dead-letter``: not by ``*``, not by
-  ``%u``, not by a derived right.
-* ``reply_to`` must be a topic the requester may both *publish* to and *receive* (subscribe
-  to), outside ``<prefix>/streams/``, not starting with ``$``: Headwater publishes there on the
-  requester's behalf and must not become a way to inject messages into someone else's topic.
-  A request whose ``reply_to`` fails this can't be answered: it is dropped, counted
-  (:attr:`StreamsApiStatistics.unanswerable`) and logged.
-
-The other refusals come back as ``forbidden`` errors naming the right or the topic. A request
-without a usable ``reply_to`` (payload not a JSON object, ``reply_to`` missing or refused) is
-unanswerable: it is not executed.
 
 Concurrency and ordering
 ------------------------
@@ -123,58 +23,43 @@ semaphore (:attr:`StreamsApiLimits.max_responding`), which bounds the memory hel
 results; long-poll waiting happens outside it. Appends of one client are handed to the service
 in the order they were published (the handler does not await before calling it), but responses
 may overtake each other: match them by ``request_id``.
-
-Exceptions::
-
-    RequestError            a request that is answered with an error (``type``, ``message``)
-    UnanswerableRequestError   a request that cannot be answered (no usable reply_to)
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final
 
 from headwater.core.access import AccessPolicy
-from headwater.core.config import ConfigError, StreamConfig, parse_stream_config
 from headwater.core.store import StorageError
-from headwater.core.stream_rights import StreamAction, StreamRights
-from headwater.core.streams import (
-    InvalidStreamRequestError,
-    StreamError,
-    StreamExistsError,
-    StreamNotFoundError,
-    StreamRejectedError,
+from headwater.core.streams import StreamError, StreamNotFoundError
+from headwater.plugins.streams.permissions import RequestPermissions
+from headwater.plugins.streams.requests import (
+    AppendRequest,
+    CreateRequest,
+    DeleteRequest,
+    DescribeRequest,
+    ExportSwitchRequest,
+    ListRequest,
+    ReadRequest,
+    Request,
+    RequestError,
+    UnanswerableRequestError,
+    UpdateRequest,
+    error_type,
+    parse_envelope,
+    parse_request,
+    parse_target,
 )
-from headwater.core.topics import InvalidTopicError, validate_topic_name
-from headwater.wire.streams import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_COUNT,
-    LIST_OPERATION,
-    MAX_MAX_BYTES,
-    MAX_MAX_COUNT,
-    MAX_TIMEOUT,
-    OPERATIONS,
-    ErrorType,
-    RequestEnvelope,
-    WireFormatError,
-    decode_request_envelope,
-    encode_error,
-    encode_result,
-    streams_root,
-)
+from headwater.wire.streams import RequestEnvelope, encode_error, encode_result, streams_root
 
 if TYPE_CHECKING:
     from headwater.core.plugin_host import PluginHost
-    from headwater.core.publish import IncomingPublish, PublishGateView
+    from headwater.core.publish import IncomingPublish
     from headwater.core.streams import StreamService
     from headwater.wire.streams import StreamDescription
 
@@ -204,381 +89,6 @@ logger = logging.getLogger(__name__)
 # One line per minute at most about requests nobody can be told about.
 _WARNING_INTERVAL: Final = 60.0
 
-# --------------------------------------------------------------------------------------------
-# Protocol: pure parsing and encoding
-# --------------------------------------------------------------------------------------------
-
-
-class RequestError(Exception):
-    """A request answered with an error; ``type`` is the response's ``error.type``."""
-
-    def __init__(self, error_type: ErrorType, message: str) -> None:
-        super().__init__(message)
-        self.type: ErrorType = error_type
-        self.message = message
-
-
-class UnanswerableRequestError(Exception):
-    """A request that can't be answered (no usable ``reply_to``); ``str()`` says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class ListRequest:
-    """``<prefix>/streams/_list``."""
-
-
-@dataclass(frozen=True, slots=True)
-class DescribeRequest:
-    """``<prefix>/streams/<stream>/describe``."""
-
-    stream: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReadRequest:
-    """``<prefix>/streams/<stream>/read``; the limits are validated."""
-
-    stream: str
-    from_sequence: int = 0
-    max_count: int = DEFAULT_MAX_COUNT
-    max_bytes: int = DEFAULT_MAX_BYTES
-    min_count: int = 1
-    timeout: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class AppendRequest:
-    """``<prefix>/streams/<stream>/append``; ``topic`` None means the request topic."""
-
-    stream: str
-    payload: bytes
-    topic: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CreateRequest:
-    """``<prefix>/streams/<stream>/create`` with a validated config."""
-
-    config: StreamConfig
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateRequest:
-    """``<prefix>/streams/<stream>/update`` with a validated config (replaces the old one)."""
-
-    config: StreamConfig
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteRequest:
-    """``<prefix>/streams/<stream>/delete``."""
-
-    stream: str
-
-
-@dataclass(frozen=True, slots=True)
-class ExportSwitchRequest:
-    """``<prefix>/streams/<stream>/export``: pause or resume one export."""
-
-    stream: str
-    export_id: str
-    enabled: bool
-
-
-Request: TypeAlias = (
-    ListRequest
-    | DescribeRequest
-    | ReadRequest
-    | AppendRequest
-    | CreateRequest
-    | UpdateRequest
-    | DeleteRequest
-    | ExportSwitchRequest
-)
-
-
-def _describe_value(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        shown = json.dumps(value)
-        return shown if len(shown) <= 60 else shown[:56] + '..."'  # noqa: PLR2004 - message width
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    return f"a {type(value).__name__}"
-
-
-def parse_envelope(payload: bytes) -> RequestEnvelope:
-    """Parse a request payload far enough to know where to answer.
-
-    Raises :class:`UnanswerableRequestError` when the payload is not a JSON object or has no
-    string ``reply_to`` (:func:`~headwater.wire.streams.decode_request_envelope` says why).
-    Whether the requester may use that ``reply_to`` is decided later (it needs the ACL): see
-    :meth:`RequestPermissions.check_reply_to`.
-    """
-    try:
-        return decode_request_envelope(payload)
-    except WireFormatError as exc:
-        raise UnanswerableRequestError(str(exc)) from exc
-
-
-def parse_target(prefix: str, topic: str) -> tuple[str | None, str] | None:
-    """Split a topic under ``<prefix>/streams/`` into ``(stream, op)``; None if not under it.
-
-    The list request gives ``(None, "_list")``. Raises :class:`RequestError` (``invalid``) for a
-    topic under ``<prefix>/streams/`` that is no request topic.
-    """
-    root = streams_root(prefix)
-    if not topic.startswith(root):
-        return None
-    levels = topic[len(root) :].split("/")
-    if levels == [LIST_OPERATION]:
-        return None, LIST_OPERATION
-    if len(levels) == 2 and levels[0] and not levels[0].startswith("_"):  # noqa: PLR2004 - stream/op
-        stream, operation = levels
-        if operation in OPERATIONS:
-            return stream, operation
-        expected = ", ".join(OPERATIONS)
-        msg = f"unknown operation {operation!r} in {topic!r} (expected one of: {expected})"
-        raise RequestError("invalid", msg)
-    msg = f"{topic!r} is no request topic (expected {root}<stream>/<op> or {root}{LIST_OPERATION})"
-    raise RequestError("invalid", msg)
-
-
-class _Body:
-    """The keys of one request body, read once each; unknown keys are refused."""
-
-    def __init__(self, body: Mapping[str, object], allowed: tuple[str, ...]) -> None:
-        for key in body:
-            if key not in allowed:
-                shown = ", ".join(("reply_to", "request_id", *allowed))
-                msg = f"{key}: unknown key (expected one of: {shown})"
-                raise RequestError("invalid", msg)
-        self._body = body
-
-    def integer(self, key: str, default: int, minimum: int, maximum: int) -> int:
-        value = self._body.get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            msg = f"{key}: expected an integer, got {_describe_value(value)}"
-            raise RequestError("invalid", msg)
-        if not minimum <= value <= maximum:
-            msg = f"{key}: must be between {minimum} and {maximum}, got {value}"
-            raise RequestError("invalid", msg)
-        return value
-
-    def number(self, key: str, default: float, minimum: float, maximum: float) -> float:
-        value = self._body.get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            msg = f"{key}: expected a number of seconds, got {_describe_value(value)}"
-            raise RequestError("invalid", msg)
-        if not minimum <= value <= maximum:
-            msg = f"{key}: must be between {minimum:g} and {maximum:g}, got {value:g}"
-            raise RequestError("invalid", msg)
-        return float(value)
-
-    def text(self, key: str) -> str | None:
-        value = self._body.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            msg = f"{key}: expected a string, got {_describe_value(value)}"
-            raise RequestError("invalid", msg)
-        return value
-
-    def has(self, key: str) -> bool:
-        return key in self._body
-
-    def raw(self, key: str) -> object:
-        return self._body.get(key)
-
-
-def _parse_read(stream: str, body: _Body) -> ReadRequest:
-    max_count = body.integer("max", DEFAULT_MAX_COUNT, 1, MAX_MAX_COUNT)
-    return ReadRequest(
-        stream=stream,
-        from_sequence=body.integer("from", 0, 0, 2**63 - 1),
-        max_count=max_count,
-        max_bytes=body.integer("max_bytes", DEFAULT_MAX_BYTES, 1, MAX_MAX_BYTES),
-        min_count=body.integer("min", min(1, max_count), 0, max_count),
-        timeout=body.number("timeout", 0.0, 0.0, MAX_TIMEOUT),
-    )
-
-
-def _parse_append(stream: str, body: _Body) -> AppendRequest:
-    text = body.text("payload")
-    encoded = body.text("payload_b64")
-    if (text is None) == (encoded is None):
-        raise RequestError("invalid", "give exactly one of payload (text) and payload_b64")
-    if text is not None:
-        payload = text.encode()
-    else:
-        assert encoded is not None  # noqa: S101 - checked just above
-        try:
-            payload = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            msg = f"payload_b64: not valid base64 ({exc})"
-            raise RequestError("invalid", msg) from exc
-    topic = body.text("topic")
-    if topic is not None:
-        try:
-            validate_topic_name(topic)
-        except InvalidTopicError as exc:
-            raise RequestError("invalid", f"topic: {exc}") from exc
-        if topic.startswith("$"):
-            raise RequestError("invalid", f"topic: must not start with '$', got {topic!r}")
-    return AppendRequest(stream=stream, payload=payload, topic=topic)
-
-
-def _parse_config(stream: str, body: _Body) -> StreamConfig:
-    if not body.has("config"):
-        raise RequestError("invalid", "config: required (the stream's settings, as in the YAML config)")
-    try:
-        return parse_stream_config(stream, body.raw("config"))
-    except ConfigError as exc:
-        raise RequestError("invalid", str(exc)) from exc
-
-
-def _parse_export_switch(stream: str, body: _Body) -> ExportSwitchRequest:
-    export_id = body.text("export")
-    if export_id is None:
-        raise RequestError("invalid", "export: required (the id of one of the stream's exports)")
-    enabled = body.raw("enabled") if body.has("enabled") else None
-    if not isinstance(enabled, bool):
-        raise RequestError("invalid", f"enabled: expected true or false, got {_describe_value(enabled)}")
-    return ExportSwitchRequest(stream=stream, export_id=export_id, enabled=enabled)
-
-
-_READ_KEYS: Final = ("from", "max", "max_bytes", "min", "timeout")
-_APPEND_KEYS: Final = ("payload", "payload_b64", "topic")
-
-
-def parse_request(stream: str | None, operation: str, body: Mapping[str, object]) -> Request:
-    """Validate the operation's keys (``body`` without ``reply_to``/``request_id``).
-
-    Raises :class:`RequestError` (``invalid``) naming the key and the reason.
-    """
-    request: Request
-    if stream is None:
-        _Body(body, ())
-        request = ListRequest()
-    elif operation == "read":
-        request = _parse_read(stream, _Body(body, _READ_KEYS))
-    elif operation == "append":
-        request = _parse_append(stream, _Body(body, _APPEND_KEYS))
-    elif operation in {"create", "update"}:
-        config = _parse_config(stream, _Body(body, ("config",)))
-        request = CreateRequest(config) if operation == "create" else UpdateRequest(config)
-    elif operation == "export":
-        request = _parse_export_switch(stream, _Body(body, ("export", "enabled")))
-    elif operation in {"describe", "delete"}:
-        _Body(body, ())
-        request = DescribeRequest(stream) if operation == "describe" else DeleteRequest(stream)
-    else:
-        msg = f"unknown operation {operation!r}"
-        raise RequestError("invalid", msg)
-    return request
-
-
-# --------------------------------------------------------------------------------------------
-# Access control: pure decisions over the broker's ACL
-# --------------------------------------------------------------------------------------------
-
-
-class RequestPermissions:
-    """The API's access rules (module docstring, *Access control*) for one topic prefix.
-
-    ``access`` answers subscribe/receive and, through
-    :class:`~headwater.core.stream_rights.StreamRights`, the stream rights; ``gate`` answers
-    publish (the broker's own publish decision, which also refuses Headwater's reserved status
-    topics).
-    """
-
-    def __init__(self, *, prefix: str, access: AccessPolicy, gate: PublishGateView) -> None:
-        self._prefix = prefix
-        self._access = access
-        self._gate = gate
-        self._rights = StreamRights(access, topic_prefix=prefix)
-
-    def check_reply_to(self, username: str | None, reply_to: str) -> None:
-        """Raise :class:`UnanswerableRequestError` unless the requester may be answered there."""
-        try:
-            validate_topic_name(reply_to)
-        except InvalidTopicError as exc:
-            msg = f"reply_to: {exc}"
-            raise UnanswerableRequestError(msg) from exc
-        if reply_to.startswith("$"):
-            msg = f"reply_to: must not start with '$', got {reply_to!r}"
-            raise UnanswerableRequestError(msg)
-        if reply_to.startswith(f"{self._prefix}/streams/"):
-            msg = f"reply_to: must not be under {self._prefix}/streams/, got {reply_to!r}"
-            raise UnanswerableRequestError(msg)
-        if not (self._gate.may_publish(username, reply_to) and self._access.may_receive(username, reply_to)):
-            msg = f"reply_to: the requester may not both publish to and receive {reply_to!r}"
-            raise UnanswerableRequestError(msg)
-
-    def may_describe(self, username: str | None, stream: str) -> bool:
-        """The ``read`` right on ``stream`` as describe (and ``_list``) use it."""
-        return self._rights.may(username, "describe", stream)
-
-    def may_read(self, username: str | None, stream: str) -> bool:
-        """The ``read`` right on ``stream``."""
-        return self._rights.may(username, "read", stream)
-
-    def check(self, username: str | None, request: Request) -> None:
-        """Raise :class:`RequestError` (``forbidden``) when ``username`` may not do ``request``."""
-        who = "anonymous clients" if username is None else f"user {username!r}"
-        for action, stream in _stream_actions(request):
-            reason = self._rights.refusal(username, action, stream)
-            if reason is not None:
-                raise RequestError("forbidden", f"{who} {reason}")
-        if (
-            isinstance(request, AppendRequest)
-            and request.topic is not None
-            and not self._gate.may_publish(username, request.topic)
-        ):
-            raise RequestError("forbidden", f"{who} may not publish to {request.topic}")
-        if isinstance(request, CreateRequest | UpdateRequest):
-            for filter_ in request.config.topics:
-                if not self._access.may_subscribe(username, filter_):
-                    raise RequestError("forbidden", f"{who} may not subscribe to {filter_}")
-
-
-def _stream_actions(request: Request) -> tuple[tuple[StreamAction, str], ...]:
-    """The stream rights ``request`` needs, in the order they are checked."""
-    actions: tuple[tuple[StreamAction, str], ...] = ()
-    match request:
-        case DescribeRequest():
-            actions = (("describe", request.stream),)
-        case ReadRequest():
-            actions = (("read", request.stream),)
-        case AppendRequest():
-            actions = (("append", request.stream),)
-        case CreateRequest() | UpdateRequest():
-            name = request.config.name
-            actions = (("admin", name),)
-            # Exports send the stream's records out of the gateway (the stored ones too, from
-            # `start: oldest`): only someone who may read them may set exports.
-            if request.config.exports:
-                actions = (*actions, ("read", name))
-        case DeleteRequest() | ExportSwitchRequest():
-            actions = (("admin", request.stream),)
-        case ListRequest():
-            pass  # each stream's describe right filters the list
-    return actions
-
-
-# --------------------------------------------------------------------------------------------
-# The async shell
-# --------------------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True, slots=True)
 class StreamsApiLimits:
@@ -599,21 +109,6 @@ class StreamsApiStatistics:
     dropped_busy: int  # more than max_pending at once
     publish_failures: int  # a response could not be published
     pending: int  # being handled now
-
-
-_ERROR_TYPES: Final[tuple[tuple[type[StreamError], ErrorType], ...]] = (
-    (StreamNotFoundError, "not_found"),
-    (StreamExistsError, "exists"),
-    (StreamRejectedError, "rejected"),
-    (InvalidStreamRequestError, "invalid"),
-)
-
-
-def _error_type(exc: StreamError) -> ErrorType:
-    for kind, error_type in _ERROR_TYPES:
-        if isinstance(exc, kind):
-            return error_type
-    return "failed"
 
 
 class StreamsApi:
@@ -750,7 +245,7 @@ class StreamsApi:
         except RequestError as exc:
             await self._respond(envelope, encode_error(envelope.request_id, exc.type, exc.message), ok=False)
         except StreamError as exc:
-            error = encode_error(envelope.request_id, _error_type(exc), str(exc))
+            error = encode_error(envelope.request_id, error_type(exc), str(exc))
             await self._respond(envelope, error, ok=False)
         except StorageError as exc:
             error = encode_error(envelope.request_id, "failed", f"storage error: {exc}")

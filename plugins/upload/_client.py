@@ -1,7 +1,7 @@
 """The boto3 client of one export sink: the only place where export types touch boto3's I/O.
 
 Owns one boto3 client per sink, created on first use in a worker thread (a new session loading
-botocore's service model takes 40-70 ms here; the event loop must not wait for it), and every
+botocore's service model takes tens of milliseconds; the event loop must not wait for it), and every
 call on it, each in a worker thread (:func:`asyncio.to_thread`), with botocore's exceptions
 translated at this boundary (:func:`headwater.plugins.upload._errors.export_error`).
 

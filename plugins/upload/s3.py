@@ -14,7 +14,7 @@ The key is the export's ``key`` template with ``{stream}``, ``{first_sequence}``
 timestamp** (UTC), never of the clock: the same batch always gets the same key and the same
 bytes, so a retry overwrites the object instead of adding a duplicate.
 
-Batching (:attr:`S3Sink.limits`): objects roll over by size and age, as PRODUCT.md says:
+Batching (:attr:`S3Sink.limits`): objects roll over by size and age (the ``s3`` keys in docs/uploads.md):
 ``max_bytes`` = ``max_object_size``, counted in uncompressed JSON-line bytes (what
 :meth:`S3Sink.record_size` returns: the compressed size is not known before compressing);
 ``max_wait`` = ``max_object_age``; ``max_records`` = :data:`MAX_RECORDS_PER_OBJECT` (100,000),

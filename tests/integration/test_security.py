@@ -107,7 +107,10 @@ def test_acl_enforces_publish_and_subscribe(secured: InProcessBroker) -> None:
 
 
 def test_retained_replay_respects_own_filters_and_acl(secured: InProcessBroker) -> None:
-    """NOTES.md's leak: amqtt replays retained messages for *any* client's filters, unchecked."""
+    """A retained message reaches only clients whose own filters match it and whose ACL allows it.
+
+    amqtt on its own replays retained messages for *any* client's filters, unchecked.
+    """
     secret = _unique("secret")
     mosquitto_pub(secured.port, secret, "classified", qos=1, retain=True, **_creds("admin"))
     # The admin holds a subscription that matches the secret while bob connects and subscribes.
