@@ -18,8 +18,8 @@ amqtt's packet reader:
   further input from the client, so it cannot deadlock); a client with more than
   ``4 x N`` QoS 1/2 publishes unfinished (a QoS 2 publish waits for its PUBREL) is
   disconnected; at most N QoS 1/2 deliveries to the client await its acknowledgement at once,
-  and at most ``max_queued_messages`` more wait for one of those slots (the rest are dropped
-  and counted, as for an offline session).
+  and at most ``max_pending_deliveries`` more wait for one of those slots (the rest are
+  dropped and counted).
 
 It must never decide who may publish what (the gate does) nor touch sessions (the broker does).
 """
@@ -99,6 +99,7 @@ class ConnectionStatistics:
     keepalive_timeouts: int
     inflight_exceeded: int
     queued_dropped: int
+    pending_dropped: int
 
 
 class ConnectionLimits:
@@ -113,6 +114,7 @@ class ConnectionLimits:
         self.keepalive_timeouts = 0
         self.inflight_exceeded = 0
         self.queued_dropped = 0
+        self.pending_dropped = 0
         self._last_log = 0.0
 
     def log(self, text: str, *args: object) -> None:
@@ -132,6 +134,7 @@ class ConnectionLimits:
             keepalive_timeouts=self.keepalive_timeouts,
             inflight_exceeded=self.inflight_exceeded,
             queued_dropped=self.queued_dropped,
+            pending_dropped=self.pending_dropped,
         )
 
 
@@ -185,12 +188,13 @@ class ConnectionHandler(DurableAckProtocolHandler):
         """Deliver to the client; QoS 1/2 wait for one of ``max_inflight_messages`` slots."""
         if not qos:
             return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
-        if self._deliveries.locked() and self._waiting_deliveries >= self._limits.limits.max_queued_messages:
-            # As many wait behind the window as an offline session may keep: drop, count, say so.
-            self._limits.queued_dropped += 1
+        pending_limit = self._limits.limits.max_pending_deliveries
+        if self._deliveries.locked() and self._waiting_deliveries >= pending_limit:
+            # A subscriber slower than its publishers: a bounded wait, then drop, count, say so.
+            self._limits.pending_dropped += 1
             self._limits.log(
                 "dropped a message for client %s: %d waiting behind %d unacknowledged "
-                "(broker.limits.max_queued_messages)",
+                "(broker.limits.max_pending_deliveries)",
                 self._client,
                 self._waiting_deliveries,
                 self._limits.limits.max_inflight_messages,

@@ -209,6 +209,7 @@ _LIMIT_KEYS: Final = (
     "max_packet_size",
     "max_connections",
     "max_queued_messages",
+    "max_pending_deliveries",
     "max_inflight_messages",
 )
 # The smallest packet limit that still lets a client CONNECT with a long will or password.
@@ -230,6 +231,9 @@ def _limits(broker: _Section) -> BrokerLimits:
         max_connections=limits.get("max_connections", _int_between(1, 1_000_000), defaults.max_connections),
         max_queued_messages=limits.get(
             "max_queued_messages", _int_between(0, 10_000_000), defaults.max_queued_messages
+        ),
+        max_pending_deliveries=limits.get(
+            "max_pending_deliveries", _int_between(0, 10_000_000), defaults.max_pending_deliveries
         ),
         max_inflight_messages=limits.get(
             "max_inflight_messages", _int_between(1, 65_535), defaults.max_inflight_messages

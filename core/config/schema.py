@@ -90,9 +90,12 @@ class BrokerLimits:
     max_packet_size: int = 8 * 1024 * 1024
     # Open client connections at once (every listener together); more are closed at once.
     max_connections: int = 10_000
-    # QoS 1/2 messages kept for one offline persistent session, or waiting for a connected
-    # client's in-flight window; beyond that new ones are dropped and counted.
+    # QoS 1/2 messages kept for one offline persistent session; beyond that new ones are
+    # dropped and counted.
     max_queued_messages: int = 1000
+    # QoS 1/2 deliveries waiting for a connected client's in-flight window (a subscriber slower
+    # than its publishers); beyond that new ones are dropped and counted.
+    max_pending_deliveries: int = 10_000
     # QoS 1/2 messages in flight per client and direction: unacknowledged deliveries to it, and
     # its publishes not yet acknowledged (the broker stops reading from it until one is).
     max_inflight_messages: int = 20

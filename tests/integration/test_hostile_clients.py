@@ -235,10 +235,12 @@ def test_a_crowd_of_hostile_clients_does_not_stop_a_good_one(limited: InProcessB
         assert not good.is_alive(), "the well-behaved client did not finish"
         assert good_errors == []
         # Silent and half-open sockets are gone within the connect timeout (1 s) plus slack.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and limited.call(_open_connections(limited)) > 0:
-            time.sleep(0.2)
-        assert limited.call(_open_connections(limited)) == 0
+        # Every hostile socket is closed by the broker (silent ones by the 1 s connect timeout):
+        # read each until its end. Generous for a loaded machine; on failure, say where the
+        # broker's connections wait.
+        deadline = time.monotonic() + 30
+        still_open = [sock for sock in sockets if not _closed_by_peer(sock, deadline)]
+        assert still_open == [], limited.call(_where_connections_wait(limited))
     finally:
         stop.set()
         for sock in sockets:
@@ -254,5 +256,22 @@ def test_a_crowd_of_hostile_clients_does_not_stop_a_good_one(limited: InProcessB
     assert limited.app.broker.retained_messages == {}
 
 
-async def _open_connections(broker: InProcessBroker) -> int:
-    return len(broker.app.broker._connections)  # noqa: SLF001 - the test looks at what is open
+def _closed_by_peer(sock: socket.socket, deadline: float) -> bool:
+    while True:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            if not sock.recv(65536):
+                return True
+        except TimeoutError:
+            return False
+        except OSError:
+            return True  # reset by the broker
+
+
+async def _where_connections_wait(broker: InProcessBroker) -> str:
+    tasks = list(broker.app.broker._connections)  # noqa: SLF001 - the test looks at what is open
+    lines = []
+    for task in tasks[:5]:
+        frames = task.get_stack(limit=8)
+        lines.append(" <- ".join(f"{frame.f_code.co_name}:{frame.f_lineno}" for frame in reversed(frames)))
+    return f"{len(tasks)} connections still open, e.g.:\n" + "\n".join(lines)

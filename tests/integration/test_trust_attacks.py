@@ -214,7 +214,7 @@ def test_deliveries_waiting_for_a_client_that_never_acknowledges_are_bounded(
     headwater_factory: BrokerFactory,
 ) -> None:
     broker = headwater_factory(
-        "broker: {allow_anonymous: true, limits: {max_inflight_messages: 5, max_queued_messages: 10}}"
+        "broker: {allow_anonymous: true, limits: {max_inflight_messages: 5, max_pending_deliveries: 10}}"
     )
     topic = _unique("backlog")
     with RawClient(broker.port) as slow:
@@ -226,7 +226,7 @@ def test_deliveries_waiting_for_a_client_that_never_acknowledges_are_bounded(
         mosquitto_pub(broker.port, topic, lines=[f"m{index}" for index in range(300)], qos=1)
         time.sleep(0.5)
         waiting = broker.call(_task_count()) - before
-        # What waits for it is bounded: the window, then max_queued_messages; the rest is
+        # What waits for it is bounded: the window, then max_pending_deliveries; the rest is
         # dropped and counted.
         assert waiting <= 5 + 10 + 5, waiting  # + a few tasks finishing at that moment
-    assert broker.app.limits.statistics().queued_dropped >= 300 - 5 - 10 - 5
+    assert broker.app.limits.statistics().pending_dropped >= 300 - 5 - 10 - 5

@@ -28,6 +28,7 @@ def test_limits_have_safe_defaults() -> None:
     assert limits.max_packet_size == 8 * 1024 * 1024
     assert limits.max_connections == 10_000
     assert limits.max_queued_messages == 1000
+    assert limits.max_pending_deliveries == 10_000
     assert limits.max_inflight_messages == 20
 
 
