@@ -59,6 +59,7 @@ from headwater.clients._paho import new_client, open_connection
 from headwater.clients.connection import ConnectionSettings, resolve_url
 from headwater.wire.streams import (
     ExportInfo,
+    Response,
     StreamDescription,
     StreamRecord,
     WireFormatError,
@@ -157,12 +158,8 @@ _API_ERRORS: Final[Mapping[str, type[StreamApiError]]] = {
 # --- decoding responses (pure) ------------------------------------------------------------------
 
 
-def _result_of(payload: bytes) -> Any:
+def _result_of(response: Response) -> Any:
     """The ``result`` of a response, or the typed exception for its ``error``."""
-    try:
-        response = decode_response(payload)
-    except WireFormatError as exc:
-        raise MalformedResponseError(str(exc)) from exc
     if response.ok:
         return response.result
     error_type = response.error_type
@@ -194,7 +191,8 @@ class _Pending:
     """One request waiting for its response (filled by paho's thread)."""
 
     done: threading.Event = field(default_factory=threading.Event)
-    response: bytes | None = None  # the response as received (decoded by the caller's thread)
+    # The response, decoded once by paho's thread (which must read its request_id anyway).
+    response: Response | None = None
     failure: StreamClientError | None = None
 
 
@@ -368,13 +366,14 @@ class StreamClient:
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         try:
-            request_id = decode_response(bytes(message.payload)).request_id
+            response = decode_response(bytes(message.payload))
         except WireFormatError:
             return  # not ours: someone else published on our reply topic
+        request_id = response.request_id
         with self._lock:
             pending = self._pending.pop(request_id, None) if isinstance(request_id, str) else None
         if pending is not None:
-            pending.response = bytes(message.payload)
+            pending.response = response
             pending.done.set()
 
     def _fail_pending(self, failure: StreamClientError) -> None:
