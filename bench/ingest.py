@@ -230,9 +230,9 @@ def _accepts_connections(port: int) -> bool:
 
 
 # The verification pass has a subscriber that may fall behind the publisher: like mosquitto's
-# `max_queued_messages 0` below, let Headwater queue everything for it (its default keeps 1,000
-# and drops the rest, as mosquitto's default does). Checkouts before broker.limits lack the key.
-_UNLIMITED_QUEUE = "  limits: {max_queued_messages: 10000000}\n"
+# `max_queued_messages 0` below, let Headwater queue everything for it (its defaults keep
+# 10,000 waiting deliveries and drop the rest). Checkouts before broker.limits lack the key.
+_UNLIMITED_QUEUE = "  limits: {max_queued_messages: 10000000, max_pending_deliveries: 10000000}\n"
 
 
 @functools.cache
