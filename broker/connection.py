@@ -19,7 +19,14 @@ amqtt's packet reader:
   ``4 x N`` QoS 1/2 publishes unfinished (a QoS 2 publish waits for its PUBREL) is
   disconnected; at most N QoS 1/2 deliveries to the client await its acknowledgement at once,
   and at most ``max_queued_messages`` more wait for one of those slots (the rest are dropped
-  and counted, as for an offline session).
+  and counted, as for an offline session);
+* a QoS 1/2 delivery to the client stays in the session's in-flight set until the client
+  acknowledges it, however long that takes: amqtt gave up after 5 s and dropped it, also when
+  the connection ended. When the session is resumed (clean session 0) its next connection sends
+  every delivery still in flight again, in the order first sent and before anything new: a
+  PUBLISH with DUP=1 (its packet id unchanged), or a PUBREL for a QoS 2 delivery whose PUBREC
+  had arrived (MQTT-4.4.0-1). amqtt sent the PUBLISH again in that case and, since it forgot
+  the message once the PUBREC arrived, never the PUBREL.
 
 It must never decide who may publish what (the gate does) nor touch sessions (the broker does).
 """
@@ -44,6 +51,7 @@ from amqtt.mqtt.packet import (
     UNSUBSCRIBE,
 )
 from amqtt.mqtt.publish import PublishPacket
+from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.session import OutgoingApplicationMessage
 
 from headwater.broker.durable import DurableAckProtocolHandler
@@ -61,6 +69,7 @@ if TYPE_CHECKING:
 
     from amqtt.mqtt.packet import MQTTPacket
     from amqtt.plugins.manager import PluginManager
+    from amqtt.session import IncomingApplicationMessage
 
     from headwater.broker.durable import PublishGate
     from headwater.core.config import BrokerLimits
@@ -154,6 +163,11 @@ class ConnectionHandler(DurableAckProtocolHandler):
         self._max_unfinished = inflight * _UNFINISHED_FACTOR
         self._unfinished = 0
         self._waiting_deliveries = 0
+        # True once the connection's acknowledgement waiters were cancelled: a delivery started
+        # after that must not wait for an answer that cannot come (it stays in flight).
+        self._answers_closed = False
+        # The acknowledgement waits of deliveries sent again at the start of this connection.
+        self._redeliveries: set[asyncio.Task[None]] = set()
         self._handlers: dict[int, Callable[[Any], Coroutine[Any, Any, None]]] = {
             PUBACK: self.handle_puback,
             PUBREC: self.handle_pubrec,
@@ -205,6 +219,114 @@ class ConnectionHandler(DurableAckProtocolHandler):
             return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
         finally:
             self._deliveries.release()
+
+    async def _handle_qos1_message_flow(
+        self, app_message: OutgoingApplicationMessage | IncomingApplicationMessage
+    ) -> None:
+        if not isinstance(app_message, OutgoingApplicationMessage):
+            await super()._handle_qos1_message_flow(app_message)
+            return
+        await self._wait_answers(app_message, await self._send_in_flight(app_message))
+
+    async def _handle_qos2_message_flow(
+        self, app_message: OutgoingApplicationMessage | IncomingApplicationMessage
+    ) -> None:
+        if not isinstance(app_message, OutgoingApplicationMessage):
+            await super()._handle_qos2_message_flow(app_message)
+            return
+        await self._wait_answers(app_message, await self._send_in_flight(app_message))
+
+    async def _retry_deliveries(self) -> None:
+        # amqtt's version waited here (in start(), so before the broker sends anything else)
+        # up to 10 s for the answers, and sent PUBREC again for incoming QoS 2 messages. Here
+        # the packets are sent, in order, before start() returns; their answers are awaited
+        # by tasks this handler owns. Incoming QoS 2 messages wait for the client's PUBREL
+        # (see DurableAckProtocolHandler.handle_pubrel).
+        session = self.session
+        if session is None:
+            return
+        for message in list(session.inflight_out.values()):
+            waiter = await self._send_in_flight(message)
+            task = asyncio.create_task(
+                self._wait_answers(message, waiter), name=f"redelivery {message.packet_id} to {self._client}"
+            )
+            self._redeliveries.add(task)
+            task.add_done_callback(self._redeliveries.discard)
+        if session.inflight_out:
+            count = len(session.inflight_out)
+            logger.info("client %s: sent %d unacknowledged deliveries again", self._client, count)
+
+    async def _send_in_flight(self, message: OutgoingApplicationMessage) -> asyncio.Future[Any]:
+        """Send a delivery's next packet; return the waiter of the client's answer to it.
+
+        The packet is the PUBLISH (DUP=1 when it was sent before) or, for a QoS 2 delivery
+        whose PUBREC arrived, the PUBREL. The delivery joins the session's in-flight set first,
+        and the waiter is registered before the packet leaves (the answer can come at once).
+        """
+        session = self.session
+        packet_id = message.packet_id
+        if session is None or packet_id is None:
+            msg = "a QoS 1/2 delivery needs a session and a packet id"
+            raise RuntimeError(msg)
+        session.inflight_out[packet_id] = message
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        packet: PublishPacket | PubrelPacket
+        if message.qos == 2 and message.pubrec_packet is not None:  # noqa: PLR2004
+            self._pubcomp_waiters[packet_id] = waiter
+            packet = message.pubrel_packet = PubrelPacket.build(packet_id)
+        else:
+            if message.qos == 1:
+                self._puback_waiters[packet_id] = waiter
+            else:
+                self._pubrec_waiters[packet_id] = waiter
+            packet = message.build_publish_packet(dup=message.publish_packet is not None)
+            message.publish_packet = packet
+        if self._answers_closed:
+            waiter.cancel()
+        else:
+            await self._send_packet(packet)
+        return waiter
+
+    async def _wait_answers(self, message: OutgoingApplicationMessage, waiter: asyncio.Future[Any]) -> None:
+        """Wait for the client's answers; only they take the delivery out of the in-flight set.
+
+        When the connection ends first, the delivery stays in flight for the session's next
+        connection (a clean session is deleted with it).
+        """
+        session = self.session
+        packet_id = message.packet_id
+        assert session is not None  # noqa: S101 - checked by _send_in_flight
+        assert packet_id is not None  # noqa: S101 - checked by _send_in_flight
+        while True:
+            try:
+                answer = await waiter
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if waiter.cancelled() and task is not None and not task.cancelling():
+                    return  # the connection ended (_stop_waiters)
+                raise
+            finally:
+                self._forget_waiter(packet_id, waiter)
+            if message.qos == 1:
+                message.puback_packet = answer
+                break
+            if message.pubrec_packet is None:
+                message.pubrec_packet = answer
+                waiter = await self._send_in_flight(message)  # the PUBREL
+                continue
+            message.pubcomp_packet = answer
+            break
+        if session.inflight_out.get(packet_id) is message:
+            del session.inflight_out[packet_id]
+
+    def _forget_waiter(self, packet_id: int, waiter: asyncio.Future[Any]) -> None:
+        for waiters in (self._puback_waiters, self._pubrec_waiters, self._pubcomp_waiters):
+            if waiters.get(packet_id) is waiter:
+                del waiters[packet_id]
+
+    def _stop_waiters(self) -> None:
+        self._answers_closed = True
+        super()._stop_waiters()
 
     # --- incoming ------------------------------------------------------------------------------
 
