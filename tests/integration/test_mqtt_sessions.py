@@ -244,3 +244,27 @@ def test_connack_says_session_present_exactly_when_a_session_is_resumed(headwate
         assert not _session_present(client, "present-1", clean=False)
         _nothing_arrives(client)  # its subscription went with it
 
+
+# --- 5. retained messages and subscriptions --------------------------------------------------
+
+
+def test_every_subscribe_gets_the_retained_message_again_at_its_qos(headwater: InProcessBroker) -> None:
+    topic = _unique("retained")
+    mosquitto_pub(headwater.port, topic, "kept", qos=1, retain=True)
+    with RawClient(headwater.port) as client:
+        _session_present(client, "resubscriber", clean=True)
+        assert _subscribed(client, topic, qos=1) == 1
+        first = _delivery(client.read_packet())
+        # MQTT-3.3.1-8: sent because of a new subscription, RETAIN=1.
+        assert (first.payload, first.retain, first.qos) == (b"kept", True, 1)
+        client.send(_ack(PUBACK, first.packet_id))
+        # MQTT 3.8.4: the same filter again replaces the subscription (now QoS 0) and the
+        # retained messages are sent again.
+        assert _subscribed(client, topic, qos=0, packet_id=2) == 0
+        again = _delivery(client.read_packet())
+        assert (again.payload, again.retain, again.qos) == (b"kept", True, 0)
+        # MQTT-3.3.1-9: a message published to an established subscription has RETAIN=0,
+        # even when it is published retained; it comes at the subscription's QoS.
+        mosquitto_pub(headwater.port, topic, "live", qos=1, retain=True)
+        live = _delivery(client.read_packet())
+        assert (live.payload, live.retain, live.qos) == (b"live", False, 0)
