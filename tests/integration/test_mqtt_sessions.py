@@ -16,11 +16,14 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from headwater.broker.passwords import set_password
 from tests.fixtures.mosquitto import MosquittoSub, mosquitto_pub
 from tests.fixtures.raw_mqtt import DISCONNECT, RawClient, connect, packet, publish, pubrel, subscribe
 
 if TYPE_CHECKING:
-    from tests.fixtures.broker import InProcessBroker
+    from pathlib import Path
+
+    from tests.fixtures.broker import BrokerFactory, InProcessBroker
     from tests.fixtures.raw_mqtt import Packet
 
 CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK = 2, 3, 4, 5, 6, 7, 9
@@ -243,6 +246,55 @@ def test_connack_says_session_present_exactly_when_a_session_is_resumed(headwate
     with RawClient(headwater.port) as client:
         assert not _session_present(client, "present-1", clean=False)
         _nothing_arrives(client)  # its subscription went with it
+
+
+# --- 4. deny rules in the ACL ----------------------------------------------------------------
+
+
+def test_a_deny_rule_takes_a_topic_out_of_a_wildcard_allow(
+    headwater_factory: BrokerFactory, tmp_path: Path
+) -> None:
+    passwords = tmp_path / "passwd"
+    for user in ("dev", "ops"):
+        set_password(passwords, user, f"{user}-secret")
+    broker = headwater_factory(
+        f"""
+        broker:
+          allow_anonymous: false
+          password_file: {passwords}
+          acl:
+            dev:
+              publish: ["+/+"]
+              subscribe: ["+/+"]
+              deny: {{publish: ["test/nopublish"], subscribe: ["test/nosubscribe"]}}
+            ops: {{publish: ["#"], subscribe: ["#"]}}
+        """
+    )
+    dev = {"username": "dev", "password": "dev-secret"}
+    ops = {"username": "ops", "password": "ops-secret"}
+    mosquitto_pub(broker.port, "test/nosubscribe", "retained secret", retain=True, qos=1, **ops)
+    with RawClient(broker.port) as client:
+        assert client.connect("dev-raw", **dev) == 0
+        assert _subscribed(client, "test/nosubscribe", qos=1) == 0x80
+        assert _subscribed(client, "test/other", qos=1, packet_id=2) == 1
+        # Overlapping a deny is not covered by it: granted, the denied topic filtered out.
+        assert _subscribed(client, "+/+", qos=1, packet_id=3) == 1
+        _nothing_arrives(client)  # the retained message on the denied topic is not replayed
+    # mosquitto_sub: the denied filter refused, the other one still works.
+    with (
+        MosquittoSub(broker.port, "test/nosubscribe", "test/other", qos=1, **dev) as sub,
+        MosquittoSub(broker.port, "test/#", qos=1, **ops) as watcher,
+    ):
+        mosquitto_pub(broker.port, "test/nosubscribe", "secret", qos=1, **ops)
+        mosquitto_pub(broker.port, "test/other", "public", qos=1, **ops)
+        # dev's publish to its denied topic is dropped (after its PUBACK, as any refused publish).
+        mosquitto_pub(broker.port, "test/nopublish", "forbidden", qos=1, **dev)
+        mosquitto_pub(broker.port, "test/mine", "allowed", qos=1, **dev)
+        assert [message.text for message in sub.wait_for(1)] == ["public"]
+        watcher.wait_for(predicate=lambda messages: any(m.text == "allowed" for m in messages))
+        time.sleep(QUIET)
+        assert [message.text for message in sub.messages] == ["public"]
+        assert "forbidden" not in [message.text for message in watcher.messages]
 
 
 # --- 5. retained messages and subscriptions --------------------------------------------------
