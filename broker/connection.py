@@ -69,7 +69,6 @@ if TYPE_CHECKING:
 
     from amqtt.mqtt.packet import MQTTPacket
     from amqtt.plugins.manager import PluginManager
-    from amqtt.session import IncomingApplicationMessage
 
     from headwater.broker.durable import PublishGate
     from headwater.core.config import BrokerLimits
@@ -166,8 +165,8 @@ class ConnectionHandler(DurableAckProtocolHandler):
         # True once the connection's acknowledgement waiters were cancelled: a delivery started
         # after that must not wait for an answer that cannot come (it stays in flight).
         self._answers_closed = False
-        # The acknowledgement waits of deliveries sent again at the start of this connection.
-        self._redeliveries: set[asyncio.Task[None]] = set()
+        # Each QoS 1/2 delivery sent on this connection waits for its answers in one of these.
+        self._answer_waits: set[asyncio.Task[None]] = set()
         self._handlers: dict[int, Callable[[Any], Coroutine[Any, Any, None]]] = {
             PUBACK: self.handle_puback,
             PUBREC: self.handle_pubrec,
@@ -196,7 +195,15 @@ class ConnectionHandler(DurableAckProtocolHandler):
         retain: bool,  # noqa: FBT001 - amqtt's signature
         ack_timeout: int | None = None,
     ) -> OutgoingApplicationMessage:
-        """Deliver to the client; QoS 1/2 wait for one of ``max_inflight_messages`` slots."""
+        """Deliver to the client; return once the PUBLISH is sent.
+
+        A QoS 1/2 delivery first waits for one of ``max_inflight_messages`` slots; the client's
+        acknowledgement is awaited by a task of this handler, which gives the slot back. So the
+        caller (a broadcast, a subscription's retained messages, a session's queue, all awaited
+        in the client's message loop) is never held up by a client slow to acknowledge.
+        ``ack_timeout`` only applies to QoS 0 (amqtt's meaning); a QoS 1/2 delivery stays in
+        flight until acknowledged.
+        """
         if not qos:
             return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
         if self._deliveries.locked() and self._waiting_deliveries >= self._limits.limits.max_queued_messages:
@@ -210,31 +217,23 @@ class ConnectionHandler(DurableAckProtocolHandler):
                 self._limits.limits.max_inflight_messages,
             )
             return OutgoingApplicationMessage(None, topic, qos, data, retain)
+        session = self.session
+        if session is None:
+            msg = "the handler is not attached to a session"
+            raise RuntimeError(msg)
         self._waiting_deliveries += 1
         try:
             await self._deliveries.acquire()
         finally:
             self._waiting_deliveries -= 1
         try:
-            return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
-        finally:
+            message = OutgoingApplicationMessage(session.next_packet_id, topic, qos, data, retain)
+            waiter = await self._send_in_flight(message)
+        except BaseException:
             self._deliveries.release()
-
-    async def _handle_qos1_message_flow(
-        self, app_message: OutgoingApplicationMessage | IncomingApplicationMessage
-    ) -> None:
-        if not isinstance(app_message, OutgoingApplicationMessage):
-            await super()._handle_qos1_message_flow(app_message)
-            return
-        await self._wait_answers(app_message, await self._send_in_flight(app_message))
-
-    async def _handle_qos2_message_flow(
-        self, app_message: OutgoingApplicationMessage | IncomingApplicationMessage
-    ) -> None:
-        if not isinstance(app_message, OutgoingApplicationMessage):
-            await super()._handle_qos2_message_flow(app_message)
-            return
-        await self._wait_answers(app_message, await self._send_in_flight(app_message))
+            raise
+        self._wait_answers_in_task(message, waiter, slot=True)
+        return message
 
     async def _retry_deliveries(self) -> None:
         # amqtt's version waited here (in start(), so before the broker sends anything else)
@@ -246,15 +245,22 @@ class ConnectionHandler(DurableAckProtocolHandler):
         if session is None:
             return
         for message in list(session.inflight_out.values()):
-            waiter = await self._send_in_flight(message)
-            task = asyncio.create_task(
-                self._wait_answers(message, waiter), name=f"redelivery {message.packet_id} to {self._client}"
-            )
-            self._redeliveries.add(task)
-            task.add_done_callback(self._redeliveries.discard)
+            self._wait_answers_in_task(message, await self._send_in_flight(message), slot=False)
         if session.inflight_out:
             count = len(session.inflight_out)
             logger.info("client %s: sent %d unacknowledged deliveries again", self._client, count)
+
+    def _wait_answers_in_task(
+        self, message: OutgoingApplicationMessage, waiter: asyncio.Future[Any], *, slot: bool
+    ) -> None:
+        """Wait for the answers in a task of this handler; give a delivery slot back after (``slot``)."""
+        task = asyncio.create_task(
+            self._wait_answers(message, waiter), name=f"delivery {message.packet_id} to {self._client}"
+        )
+        self._answer_waits.add(task)
+        task.add_done_callback(self._answer_waits.discard)
+        if slot:
+            task.add_done_callback(lambda _task: self._deliveries.release())
 
     async def _send_in_flight(self, message: OutgoingApplicationMessage) -> asyncio.Future[Any]:
         """Send a delivery's next packet; return the waiter of the client's answer to it.
@@ -270,21 +276,24 @@ class ConnectionHandler(DurableAckProtocolHandler):
             raise RuntimeError(msg)
         session.inflight_out[packet_id] = message
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        packet: PublishPacket | PubrelPacket
-        if message.qos == 2 and message.pubrec_packet is not None:  # noqa: PLR2004
+        releasing = message.qos == 2 and message.pubrec_packet is not None  # noqa: PLR2004
+        if releasing:
             self._pubcomp_waiters[packet_id] = waiter
+        elif message.qos == 1:
+            self._puback_waiters[packet_id] = waiter
+        else:
+            self._pubrec_waiters[packet_id] = waiter
+        if self._answers_closed:
+            # The connection is gone: nothing was sent (DUP stays 0 for a first PUBLISH).
+            waiter.cancel()
+            return waiter
+        packet: PublishPacket | PubrelPacket
+        if releasing:
             packet = message.pubrel_packet = PubrelPacket.build(packet_id)
         else:
-            if message.qos == 1:
-                self._puback_waiters[packet_id] = waiter
-            else:
-                self._pubrec_waiters[packet_id] = waiter
-            packet = message.build_publish_packet(dup=message.publish_packet is not None)
-            message.publish_packet = packet
-        if self._answers_closed:
-            waiter.cancel()
-        else:
-            await self._send_packet(packet)
+            sent_before = message.publish_packet is not None
+            packet = message.publish_packet = message.build_publish_packet(dup=sent_before)
+        await self._send_packet(packet)
         return waiter
 
     async def _wait_answers(self, message: OutgoingApplicationMessage, waiter: asyncio.Future[Any]) -> None:

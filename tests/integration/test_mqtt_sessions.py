@@ -187,6 +187,21 @@ def test_an_outgoing_qos2_delivery_resumes_where_it_stopped(headwater: InProcess
         _nothing_arrives(fourth)
 
 
+def test_a_client_slow_to_acknowledge_is_not_held_up(headwater: InProcessBroker) -> None:
+    """Unacknowledged deliveries wait without holding up the client's own SUBSCRIBEs.
+
+    Its retained messages are sent from the client's message loop: waiting there for their
+    acknowledgement (now unbounded) would hold every later SUBSCRIBE and publish of the client.
+    """
+    topic = _unique("slow-acker")
+    mosquitto_pub(headwater.port, topic, "retained", qos=1, retain=True)
+    with RawClient(headwater.port) as client:
+        _session_present(client, "slow-acker", clean=True)
+        _subscribed(client, topic, qos=1)
+        assert _delivery(client.read_packet()).payload == b"retained"  # not acknowledged
+        assert _subscribed(client, _unique("other"), qos=1, packet_id=2) == 1
+
+
 # --- 2. the client's QoS 2 publishes across reconnections ------------------------------------
 
 
