@@ -19,7 +19,14 @@ amqtt's packet reader:
   ``4 x N`` QoS 1/2 publishes unfinished (a QoS 2 publish waits for its PUBREL) is
   disconnected; at most N QoS 1/2 deliveries to the client await its acknowledgement at once,
   and at most ``max_pending_deliveries`` more wait for one of those slots (the rest are
-  dropped and counted).
+  dropped and counted);
+* a QoS 1/2 delivery to the client stays in the session's in-flight set until the client
+  acknowledges it, however long that takes: amqtt gave up after 5 s and dropped it, also when
+  the connection ended. When the session is resumed (clean session 0) its next connection sends
+  every delivery still in flight again, in the order first sent and before anything new: a
+  PUBLISH with DUP=1 (its packet id unchanged), or a PUBREL for a QoS 2 delivery whose PUBREC
+  had arrived (MQTT-4.4.0-1). amqtt sent the PUBLISH again in that case and, since it forgot
+  the message once the PUBREC arrived, never the PUBREL.
 
 It must never decide who may publish what (the gate does) nor touch sessions (the broker does).
 """
@@ -44,6 +51,7 @@ from amqtt.mqtt.packet import (
     UNSUBSCRIBE,
 )
 from amqtt.mqtt.publish import PublishPacket
+from amqtt.mqtt.pubrel import PubrelPacket
 from amqtt.session import OutgoingApplicationMessage
 
 from headwater.broker.durable import DurableAckProtocolHandler
@@ -157,6 +165,11 @@ class ConnectionHandler(DurableAckProtocolHandler):
         self._max_unfinished = inflight * _UNFINISHED_FACTOR
         self._unfinished = 0
         self._waiting_deliveries = 0
+        # True once the connection's acknowledgement waiters were cancelled: a delivery started
+        # after that must not wait for an answer that cannot come (it stays in flight).
+        self._answers_closed = False
+        # Each QoS 1/2 delivery sent on this connection waits for its answers in one of these.
+        self._answer_waits: set[asyncio.Task[None]] = set()
         self._handlers: dict[int, Callable[[Any], Coroutine[Any, Any, None]]] = {
             PUBACK: self.handle_puback,
             PUBREC: self.handle_pubrec,
@@ -185,7 +198,15 @@ class ConnectionHandler(DurableAckProtocolHandler):
         retain: bool,  # noqa: FBT001 - amqtt's signature
         ack_timeout: int | None = None,
     ) -> OutgoingApplicationMessage:
-        """Deliver to the client; QoS 1/2 wait for one of ``max_inflight_messages`` slots."""
+        """Deliver to the client; return once the PUBLISH is sent.
+
+        A QoS 1/2 delivery first waits for one of ``max_inflight_messages`` slots; the client's
+        acknowledgement is awaited by a task of this handler, which gives the slot back. So the
+        caller (a broadcast, a subscription's retained messages, a session's queue, all awaited
+        in the client's message loop) is never held up by a client slow to acknowledge.
+        ``ack_timeout`` only applies to QoS 0 (amqtt's meaning); a QoS 1/2 delivery stays in
+        flight until acknowledged.
+        """
         if not qos:
             return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
         pending_limit = self._limits.limits.max_pending_deliveries
@@ -200,15 +221,125 @@ class ConnectionHandler(DurableAckProtocolHandler):
                 self._limits.limits.max_inflight_messages,
             )
             return OutgoingApplicationMessage(None, topic, qos, data, retain)
+        session = self.session
+        if session is None:
+            msg = "the handler is not attached to a session"
+            raise RuntimeError(msg)
         self._waiting_deliveries += 1
         try:
             await self._deliveries.acquire()
         finally:
             self._waiting_deliveries -= 1
         try:
-            return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
-        finally:
+            message = OutgoingApplicationMessage(session.next_packet_id, topic, qos, data, retain)
+            waiter = await self._send_in_flight(message)
+        except BaseException:
             self._deliveries.release()
+            raise
+        self._wait_answers_in_task(message, waiter, slot=True)
+        return message
+
+    async def _retry_deliveries(self) -> None:
+        # amqtt's version waited here (in start(), so before the broker sends anything else)
+        # up to 10 s for the answers, and sent PUBREC again for incoming QoS 2 messages. Here
+        # the packets are sent, in order, before start() returns; their answers are awaited
+        # by tasks this handler owns. Incoming QoS 2 messages wait for the client's PUBREL
+        # (see DurableAckProtocolHandler.handle_pubrel).
+        session = self.session
+        if session is None:
+            return
+        for message in list(session.inflight_out.values()):
+            self._wait_answers_in_task(message, await self._send_in_flight(message), slot=False)
+        if session.inflight_out:
+            count = len(session.inflight_out)
+            logger.info("client %s: sent %d unacknowledged deliveries again", self._client, count)
+
+    def _wait_answers_in_task(
+        self, message: OutgoingApplicationMessage, waiter: asyncio.Future[Any], *, slot: bool
+    ) -> None:
+        """Wait for the answers in a task of this handler; give a delivery slot back after (``slot``)."""
+        task = asyncio.create_task(
+            self._wait_answers(message, waiter), name=f"delivery {message.packet_id} to {self._client}"
+        )
+        self._answer_waits.add(task)
+        task.add_done_callback(self._answer_waits.discard)
+        if slot:
+            task.add_done_callback(lambda _task: self._deliveries.release())
+
+    async def _send_in_flight(self, message: OutgoingApplicationMessage) -> asyncio.Future[Any]:
+        """Send a delivery's next packet; return the waiter of the client's answer to it.
+
+        The packet is the PUBLISH (DUP=1 when it was sent before) or, for a QoS 2 delivery
+        whose PUBREC arrived, the PUBREL. The delivery joins the session's in-flight set first,
+        and the waiter is registered before the packet leaves (the answer can come at once).
+        """
+        session = self.session
+        packet_id = message.packet_id
+        if session is None or packet_id is None:
+            msg = "a QoS 1/2 delivery needs a session and a packet id"
+            raise RuntimeError(msg)
+        session.inflight_out[packet_id] = message
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        releasing = message.qos == 2 and message.pubrec_packet is not None  # noqa: PLR2004
+        if releasing:
+            self._pubcomp_waiters[packet_id] = waiter
+        elif message.qos == 1:
+            self._puback_waiters[packet_id] = waiter
+        else:
+            self._pubrec_waiters[packet_id] = waiter
+        if self._answers_closed:
+            # The connection is gone: nothing was sent (DUP stays 0 for a first PUBLISH).
+            waiter.cancel()
+            return waiter
+        packet: PublishPacket | PubrelPacket
+        if releasing:
+            packet = message.pubrel_packet = PubrelPacket.build(packet_id)
+        else:
+            sent_before = message.publish_packet is not None
+            packet = message.publish_packet = message.build_publish_packet(dup=sent_before)
+        await self._send_packet(packet)
+        return waiter
+
+    async def _wait_answers(self, message: OutgoingApplicationMessage, waiter: asyncio.Future[Any]) -> None:
+        """Wait for the client's answers; only they take the delivery out of the in-flight set.
+
+        When the connection ends first, the delivery stays in flight for the session's next
+        connection (a clean session is deleted with it).
+        """
+        session = self.session
+        packet_id = message.packet_id
+        assert session is not None  # noqa: S101 - checked by _send_in_flight
+        assert packet_id is not None  # noqa: S101 - checked by _send_in_flight
+        while True:
+            try:
+                answer = await waiter
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if waiter.cancelled() and task is not None and not task.cancelling():
+                    return  # the connection ended (_stop_waiters)
+                raise
+            finally:
+                self._forget_waiter(packet_id, waiter)
+            if message.qos == 1:
+                message.puback_packet = answer
+                break
+            if message.pubrec_packet is None:
+                message.pubrec_packet = answer
+                waiter = await self._send_in_flight(message)  # the PUBREL
+                continue
+            message.pubcomp_packet = answer
+            break
+        if session.inflight_out.get(packet_id) is message:
+            del session.inflight_out[packet_id]
+
+    def _forget_waiter(self, packet_id: int, waiter: asyncio.Future[Any]) -> None:
+        for waiters in (self._puback_waiters, self._pubrec_waiters, self._pubcomp_waiters):
+            if waiters.get(packet_id) is waiter:
+                del waiters[packet_id]
+
+    def _stop_waiters(self) -> None:
+        self._answers_closed = True
+        super()._stop_waiters()
 
     # --- incoming ------------------------------------------------------------------------------
 

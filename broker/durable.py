@@ -21,7 +21,9 @@ logged (rate-limited to one line per connection).
 
 A QoS 2 message is offered once: a PUBLISH that repeats the packet id of a QoS 2 message not
 yet released by its PUBREL (a resend with DUP, also after a reconnection of the same session)
-waits for the first one's storage and is never stored again.
+waits for the first one's storage and is never stored again. It is delivered once, also when
+its PUBREL comes on a later connection of the same session
+(:meth:`DurableAckProtocolHandler.handle_pubrel`).
 
 This module must never do I/O itself: it sequences other objects' I/O.
 """
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.mqtt.pubcomp import PubcompPacket
 
 from headwater.core.publish import IncomingPublish, PublishInterceptor
 from headwater.core.topics import topic_matches
@@ -234,10 +237,28 @@ class DurableAckProtocolHandler(BrokerProtocolHandler):
         return True
 
     async def handle_pubrel(self, pubrel: PubrelPacket) -> None:
-        """The publisher released a QoS 2 message: its packet id may now carry a new one."""
-        if self.session is not None:
-            _exactly_once(self.session).pop(pubrel.packet_id, None)
-        await super().handle_pubrel(pubrel)
+        """The publisher released a QoS 2 message: deliver it once, answer PUBCOMP.
+
+        Its packet id may now carry a new message. When the PUBLISH arrived on an earlier
+        connection of the session, amqtt had no waiter for this PUBREL and answered nothing:
+        the message, still held in the session's ``inflight_in``, is delivered here. A PUBREL
+        for a message released already (its PUBCOMP was lost) is answered again and delivers
+        nothing (MQTT 4.3.3: the receiver answers every PUBREL with a PUBCOMP).
+        """
+        session = self.session
+        packet_id = pubrel.packet_id
+        if session is None:
+            return
+        _exactly_once(session).pop(packet_id, None)
+        waiter = self._pubrel_waiters.get(packet_id)
+        if waiter is not None and not waiter.done():
+            await super().handle_pubrel(pubrel)  # this connection's own flow delivers and answers
+            return
+        held = session.inflight_in.pop(packet_id, None)
+        if held is not None:
+            held.pubrel_packet = pubrel
+            await session.delivered_message_queue.put(held)
+        await self._send_packet(PubcompPacket.build(packet_id))
 
     def _durable_phase_done(self) -> None:
         """A QoS 1/2 publish no longer waits for storage (subclasses count these)."""

@@ -77,6 +77,8 @@ __all__ = ["Authenticator", "BoundListener", "HeadwaterBroker", "ListenerStartEr
 
 logger = logging.getLogger(__name__)
 
+# SUBACK's return code for a refused filter.
+_REFUSED = 0x80
 # Seconds a client's previous connection gets to end (will, cleanup) when it connects again.
 _TAKEOVER_TIMEOUT = 5.0
 
@@ -683,6 +685,22 @@ class HeadwaterBroker(Broker):
         else:
             allowed = self._access.may_receive(principal, topic)
         return allowed
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        """Subscribe ``session``; return the granted QoS or 0x80 (refused).
+
+        A SUBSCRIBE repeating one of the session's filters replaces that subscription (MQTT
+        3.8.4), so its new QoS applies to the retained messages it gets again and to what
+        follows; amqtt answered with the new QoS and kept the old one.
+        """
+        granted = await super().add_subscription(subscription, session)
+        if granted != _REFUSED:
+            subscribers = self._subscriptions[subscription[0]]
+            client_id = session.client_id
+            subscribers[:] = [
+                (owner, granted if owner.client_id == client_id else qos) for owner, qos in subscribers
+            ]
+        return granted
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session

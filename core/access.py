@@ -23,6 +23,14 @@ Rules:
   filters with MQTT matching. Subscribe grants a filter only if *one* of the user's
   ``subscribe`` filters covers it entirely (:func:`filter_covers`); a filter that only the
   union of several rules covers is refused, which errs on the safe side.
+- ``deny.publish`` / ``deny.subscribe`` take topics out of those rules, and a deny wins over
+  an allow: a topic matching a deny filter is never published to, resp. received. A SUBSCRIBE
+  is refused only when one deny filter covers the requested filter entirely (every topic it
+  could match is denied); a filter that merely overlaps a deny (``#`` with
+  ``deny.subscribe: [secrets/#]``) is granted and the receive check drops each denied topic,
+  retained messages included: "everything except X". A deny filter holding ``%u`` that cannot
+  apply to the user (anonymous, or an unsafe username) denies for *every* username, its ``%u``
+  levels read as ``+``: a deny rule fails closed where an allow rule fails open.
 
 :meth:`AccessPolicy.may_receive` is the check for every delivery, retained-message replay
 included: a granted subscription such as ``#`` does not grant the ``$SYS`` topics, and the
@@ -183,6 +191,9 @@ class _UserRules:
     publish: TopicFilterIndex[str]
     subscribe: TopicFilterIndex[str]
     subscribe_filters: tuple[str, ...]
+    deny_publish: TopicFilterIndex[str]
+    deny_subscribe: TopicFilterIndex[str]
+    deny_subscribe_filters: tuple[str, ...]
     client_ids: tuple[_NamePattern, ...] | None
     # Per right: the compiled patterns, or None for "not listed" (StreamRights derives it).
     streams: Mapping[StreamRight, tuple[_NamePattern, ...] | None]
@@ -197,8 +208,17 @@ def _substitute(filter_: str, username: str | None) -> str | None:
     return filter_.replace(_USERNAME_PLACEHOLDER, username)
 
 
-def _compile_filters(key: str, kind: str, filters: tuple[str, ...]) -> tuple[str, ...]:
-    """Substitute and validate one list of an entry; errors name the entry and the index."""
+def _any_user(filter_: str) -> str:
+    """``filter_`` with every level holding ``%u`` replaced by ``+`` (any username)."""
+    return "/".join("+" if _USERNAME_PLACEHOLDER in level else level for level in filter_.split("/"))
+
+
+def _compile_filters(key: str, kind: str, filters: tuple[str, ...], *, deny: bool = False) -> tuple[str, ...]:
+    """Substitute and validate one list of an entry; errors name the entry and the index.
+
+    ``deny``: a filter whose ``%u`` cannot apply to the user covers every username instead of
+    nothing (see the module docstring).
+    """
     username = None if key == ANONYMOUS else key
     compiled: list[str] = []
     for position, raw in enumerate(filters):
@@ -208,7 +228,9 @@ def _compile_filters(key: str, kind: str, filters: tuple[str, ...]) -> tuple[str
             raise InvalidTopicError(f"topic filter in acl.{key}.{kind}[{position}]", raw, exc.reason) from exc
         filter_ = _substitute(raw, username)
         if filter_ is None:
-            continue
+            if not deny:
+                continue
+            filter_ = _any_user(raw)
         try:
             validate_topic_filter(filter_)
         except InvalidTopicError as exc:
@@ -229,11 +251,21 @@ def _compile_entry(key: str, entry: TopicACL) -> _UserRules:
     subscribe: TopicFilterIndex[str] = TopicFilterIndex()
     for filter_ in subscribe_filters:
         subscribe.add(filter_, filter_)
+    deny_publish: TopicFilterIndex[str] = TopicFilterIndex()
+    for filter_ in _compile_filters(key, "deny.publish", entry.deny_publish, deny=True):
+        deny_publish.add(filter_, filter_)
+    deny_subscribe_filters = _compile_filters(key, "deny.subscribe", entry.deny_subscribe, deny=True)
+    deny_subscribe: TopicFilterIndex[str] = TopicFilterIndex()
+    for filter_ in deny_subscribe_filters:
+        deny_subscribe.add(filter_, filter_)
     username = None if key == ANONYMOUS else key
     return _UserRules(
         publish=publish,
         subscribe=subscribe,
         subscribe_filters=subscribe_filters,
+        deny_publish=deny_publish,
+        deny_subscribe=deny_subscribe,
+        deny_subscribe_filters=deny_subscribe_filters,
         client_ids=_compile_patterns(f"acl.{key}.client_ids", entry.client_ids, username),
         streams={
             "read": _compile_patterns(f"acl.{key}.streams.read", entry.stream_read, username),
@@ -375,7 +407,9 @@ class AccessPolicy:
         if self._rules is None:
             return True
         rules = self._rules.get(ANONYMOUS if username is None else username)
-        return rules is not None and rules.publish.has_match(topic)
+        return (
+            rules is not None and rules.publish.has_match(topic) and not rules.deny_publish.has_match(topic)
+        )
 
     def _decide_subscribe(self, username: str | None, filter_: str) -> bool:
         if not _is_topic_filter(filter_):
@@ -383,8 +417,10 @@ class AccessPolicy:
         if self._rules is None:
             return True
         rules = self._rules.get(ANONYMOUS if username is None else username)
-        return rules is not None and any(
-            filter_covers(allowed, filter_) for allowed in rules.subscribe_filters
+        return (
+            rules is not None
+            and any(filter_covers(allowed, filter_) for allowed in rules.subscribe_filters)
+            and not any(filter_covers(denied, filter_) for denied in rules.deny_subscribe_filters)
         )
 
     def _decide_receive(self, username: str | None, topic: str) -> bool:
@@ -393,7 +429,11 @@ class AccessPolicy:
         if self._rules is None:
             return True
         rules = self._rules.get(ANONYMOUS if username is None else username)
-        return rules is not None and rules.subscribe.has_match(topic)
+        return (
+            rules is not None
+            and rules.subscribe.has_match(topic)
+            and not rules.deny_subscribe.has_match(topic)
+        )
 
     def _decide_client_id(self, username: str | None, client_id: str) -> bool:
         if self._rules is None:

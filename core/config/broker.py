@@ -2,9 +2,10 @@
 
 Owns: the bind address rules (host:port, bracketed IPv6, ports that would collide), the TLS
 files of a listener (the one place the package looks at a file other than the config: they must
-exist), the ACL entries (topic filters, client id patterns, stream rights), ``broker.limits``,
-and the check that somebody can log in to every listener. It must never decide access at run
-time: headwater.core.access and headwater.core.stream_rights do that with what this builds.
+exist), the ACL entries (topic filters, deny filters, client id patterns, stream rights),
+``broker.limits``, and the check that somebody can log in to every listener. It must never
+decide access at run time: headwater.core.access and headwater.core.stream_rights do that with
+what this builds.
 """
 
 from __future__ import annotations
@@ -186,13 +187,16 @@ def _stream_pattern(value: object, path: str) -> str:
 def _acl(value: object, path: str) -> dict[str, TopicACL]:
     acl: dict[str, TopicACL] = {}
     for user, rules, user_path in _Section(value, path, keys=None).entries(what="user", pattern=None):
-        section = _Section(rules, user_path, ("publish", "subscribe", "client_ids", "streams"))
+        section = _Section(rules, user_path, ("publish", "subscribe", "deny", "client_ids", "streams"))
+        deny = section.section("deny", ("publish", "subscribe"))
         # A stream right whose key is absent (or null) keeps its default: read and append are
         # derived from the topic rules, admin is none. Written as [], it is none.
         streams = section.section("streams", ("read", "append", "admin"))
         acl[user] = TopicACL(
             publish=section.get("publish", _list_of(_topic_filter), ()),
             subscribe=section.get("subscribe", _list_of(_topic_filter), ()),
+            deny_publish=deny.get("publish", _list_of(_topic_filter), ()),
+            deny_subscribe=deny.get("subscribe", _list_of(_topic_filter), ()),
             client_ids=section.optional("client_ids", _list_of(_client_id_pattern)),
             stream_read=streams.optional("read", _list_of(_stream_pattern)),
             stream_append=streams.optional("append", _list_of(_stream_pattern)),

@@ -65,10 +65,14 @@ class TopicACL:
     ``stream_admin`` (YAML: ``streams: {read, append, admin}``): stream name patterns granting
     those stream API rights; ``None`` (``read`` / ``append`` absent) derives the right from the
     topic rules, ``admin`` defaults to none. headwater.core.stream_rights has the rules.
+    ``deny_publish`` / ``deny_subscribe`` (YAML: ``deny: {publish, subscribe}``): topic
+    filters taken out of what ``publish`` / ``subscribe`` allow; a deny wins over an allow.
     """
 
     publish: tuple[str, ...] = ()
     subscribe: tuple[str, ...] = ()
+    deny_publish: tuple[str, ...] = ()
+    deny_subscribe: tuple[str, ...] = ()
     client_ids: tuple[str, ...] | None = None
     stream_read: tuple[str, ...] | None = None
     stream_append: tuple[str, ...] | None = None

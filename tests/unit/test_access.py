@@ -437,3 +437,57 @@ def test_stream_rights_are_cached(rights: StreamRights) -> None:
     assert uncached.statistics().cache_entries == 0
     with pytest.raises(ValueError, match="cache_size"):
         StreamRights(AccessPolicy(None), topic_prefix="headwater", cache_size=-1)
+
+
+# --- deny rules ---------------------------------------------------------------------------------
+
+
+DENY_ACL = {
+    "dev": TopicACL(
+        publish=("#",),
+        subscribe=("+/+", "sensors/#"),
+        deny_publish=("headwater/#",),
+        deny_subscribe=("test/nosubscribe", "sensors/secret/#"),
+    ),
+    ANONYMOUS: TopicACL(publish=("users/#",), subscribe=("users/#",), deny_subscribe=("users/%u/inbox",)),
+    "eve": TopicACL(subscribe=("users/#",), deny_subscribe=("users/%u/#",)),
+}
+
+
+def test_a_deny_wins_over_an_allow_for_publish_and_receive() -> None:
+    policy = AccessPolicy(DENY_ACL)
+    assert policy.may_publish("dev", "sensors/dev/t")
+    assert not policy.may_publish("dev", "headwater/deploy/x")
+    assert policy.may_receive("dev", "test/other")
+    assert not policy.may_receive("dev", "test/nosubscribe")
+    assert not policy.may_receive("dev", "sensors/secret/key")
+    assert policy.may_receive("dev", "sensors/public/t")
+
+
+def test_a_subscribe_is_refused_only_when_a_deny_covers_the_whole_filter() -> None:
+    policy = AccessPolicy(DENY_ACL)
+    assert not policy.may_subscribe("dev", "test/nosubscribe")
+    assert not policy.may_subscribe("dev", "sensors/secret/+")
+    assert not policy.may_subscribe("dev", "sensors/secret/#")
+    # Overlapping only: granted, and the receive check drops the denied topics.
+    assert policy.may_subscribe("dev", "test/other")
+    assert policy.may_subscribe("dev", "+/+")
+    assert policy.may_subscribe("dev", "sensors/#")
+
+
+def test_a_deny_with_an_inapplicable_username_fails_closed() -> None:
+    policy = AccessPolicy(DENY_ACL)
+    # Anonymous has no username: its deny covers every user's inbox instead of none.
+    assert not policy.may_receive(None, "users/alice/inbox")
+    assert policy.may_receive(None, "users/alice/outbox")
+    assert not policy.may_subscribe(None, "users/+/inbox")
+    # eve's own tree is denied, other users' are not.
+    assert not policy.may_receive("eve", "users/eve/x")
+    assert policy.may_receive("eve", "users/bob/x")
+    unsafe = AccessPolicy({"a/b": TopicACL(subscribe=("#",), deny_subscribe=("users/%u/#",))})
+    assert not unsafe.may_receive("a/b", "users/anyone/x")
+
+
+def test_an_invalid_deny_filter_names_its_entry() -> None:
+    with pytest.raises(InvalidTopicError, match=r"acl\.dev\.deny\.subscribe\[1\]"):
+        AccessPolicy({"dev": TopicACL(deny_subscribe=("ok", "a/#/b"))})

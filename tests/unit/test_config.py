@@ -109,6 +109,7 @@ def test_full_example_loads_as_shipped() -> None:
     assert {listener.type for listener in config.broker.listeners} == {"tcp", "ws"}
     assert config.broker.acl is not None
     assert config.broker.acl["pump"].client_ids == ("%u", "%u-*")
+    assert config.broker.acl["auditor"].deny_subscribe == ("commands/+/unlock", "sensors/+/credentials")
     assert config.broker.limits.max_packet_size == 8 * 1024 * 1024
     assert config.broker.password_file == Path("/etc/headwater/passwd")
     assert config.uploads.max_bandwidth == 250_000
@@ -261,7 +262,14 @@ def test_leading_zero_is_not_octal(tmp_path: Path) -> None:
         ),
         (
             {"broker": {"acl": {"bob": {"read": ["#"]}}}},
-            "broker.acl.bob.read: unknown key (expected one of: client_ids, publish, streams, subscribe)",
+            (
+                "broker.acl.bob.read: unknown key "
+                "(expected one of: client_ids, deny, publish, streams, subscribe)"
+            ),
+        ),
+        (
+            {"broker": {"acl": {"bob": {"deny": {"receive": ["#"]}}}}},
+            "broker.acl.bob.deny.receive: unknown key (expected one of: publish, subscribe)",
         ),
         (
             {"aws": {"endpoints": {"sqs": "http://localhost:4566"}}},
@@ -646,6 +654,10 @@ def test_bad_topic_filters(topic: str, reason: str) -> None:
         error_of({"broker": {"acl": {"bob": {"subscribe": [topic]}}}})
         == f"broker.acl.bob.subscribe[0]: {reason}"
     )
+    assert (
+        error_of({"broker": {"acl": {"bob": {"deny": {"publish": ["ok", topic]}}}}})
+        == f"broker.acl.bob.deny.publish[1]: {reason}"
+    )
 
 
 @pytest.mark.parametrize("topic", ["#", "+", "a/+/b", "a/#", "+/+/#", "/a", "a//b", "$SYS/#"])
@@ -868,6 +880,20 @@ def test_acl() -> None:
     assert broker.acl["anonymous"].subscribe == ()
     assert broker.acl["operator"].subscribe == ("#",)
     assert broker.acl["nobody"].publish == ()
+
+
+def test_acl_deny_filters() -> None:
+    acl = {"dev": {"subscribe": ["+/+"], "deny": {"subscribe": ["test/nosubscribe"], "publish": ["#"]}}}
+    broker = parse_config({"broker": {"acl": acl}}, source="t").broker
+    assert broker.acl is not None
+    assert broker.acl["dev"].deny_subscribe == ("test/nosubscribe",)
+    assert broker.acl["dev"].deny_publish == ("#",)
+    no_deny = parse_config({"broker": {"acl": {"dev": {"deny": None}}}}, source="t").broker.acl
+    assert no_deny is not None
+    assert (no_deny["dev"].deny_publish, no_deny["dev"].deny_subscribe) == ((), ())
+    assert error_of({"broker": {"acl": {"dev": {"deny": ["#"]}}}}) == (
+        "broker.acl.dev.deny: expected a mapping, got a list"
+    )
 
 
 def test_acl_absent_or_null_is_none_and_empty_is_empty() -> None:
