@@ -42,6 +42,7 @@ from headwater.wire.streams import (
     StreamDescription,
     StreamRecord,
     WireFormatError,
+    decode_response,
     encode_error,
     encode_result,
     reply_topic,
@@ -576,7 +577,7 @@ def test_malformed_records_are_reported(wire: object) -> None:
 def test_error_responses_become_typed_exceptions(error_type: str, exception: type[Exception]) -> None:
     response = encode_error("1", error_type, "why")  # type: ignore[arg-type]
     with pytest.raises(exception, match=r"^why$") as raised:
-        client._result_of(response)  # noqa: SLF001 - the pure half of request()
+        client._result_of(decode_response(response))  # noqa: SLF001 - the pure half of request()
     assert isinstance(raised.value, client.StreamClientError)
     assert raised.value.error_type == error_type  # type: ignore[attr-defined]
 
