@@ -30,6 +30,7 @@ __all__ = [
     "ExportObserver",
     "ExportProgress",
     "ExportableStreams",
+    "ExportedStreams",
     "InvalidStreamRequestError",
     "StreamError",
     "StreamExistsError",
@@ -142,32 +143,8 @@ class ExportObserver(Protocol):
         ...
 
 
-class ExportableStreams(Protocol):
-    """What the upload plugin needs of the streams: configs, records, checkpoints, counters.
-
-    Implemented by the streams plugin, which owns the storage. Every method taking a ``name``
-    raises :class:`StreamNotFoundError` for a stream that does not exist.
-    """
-
-    def names(self) -> list[str]:
-        """Every stream's name, sorted."""
-        ...
-
-    def stream_config(self, name: str) -> StreamConfig:
-        """The settings stream ``name`` runs with (its ``exports`` among them)."""
-        ...
-
-    def attach_exports(self, observer: ExportObserver | None) -> None:
-        """Let ``observer`` describe exports and follow run-time stream changes (None: detach)."""
-        ...
-
-    async def create(self, config: StreamConfig) -> None:
-        """Create a stream at run time (persisted across restarts)."""
-        ...
-
-    async def append(self, name: str, payload: bytes, *, topic: str, client_id: str) -> int:
-        """Append durably and return the record's sequence."""
-        ...
+class ExportedStreams(Protocol):
+    """What one export's driver needs of the streams (records, checkpoints, counters)."""
 
     def read(
         self, name: str, *, from_sequence: int, max_count: int, max_bytes: int | None
@@ -207,6 +184,38 @@ class ExportableStreams(Protocol):
 
     def save_export_progress(self, name: str, export_id: str, progress: ExportProgress) -> None:
         """Write the counters alone (the disabled switch)."""
+        ...
+
+    def mark_status_changed(self, name: str) -> None:
+        """Have the stream's status topic republished (rate-limited by the streams plugin)."""
+        ...
+
+
+class ExportableStreams(ExportedStreams, Protocol):
+    """What the upload plugin needs of the streams: its drivers' part, configs, run-time streams.
+
+    Implemented by the streams plugin, which owns the storage. Every method taking a ``name``
+    raises :class:`StreamNotFoundError` for a stream that does not exist.
+    """
+
+    def names(self) -> list[str]:
+        """Every stream's name, sorted."""
+        ...
+
+    def stream_config(self, name: str) -> StreamConfig:
+        """The settings stream ``name`` runs with (its ``exports`` among them)."""
+        ...
+
+    def attach_exports(self, observer: ExportObserver | None) -> None:
+        """Let ``observer`` describe exports and follow run-time stream changes (None: detach)."""
+        ...
+
+    async def create(self, config: StreamConfig) -> None:
+        """Create a stream at run time (persisted across restarts)."""
+        ...
+
+    async def append(self, name: str, payload: bytes, *, topic: str, client_id: str) -> int:
+        """Append durably and return the record's sequence."""
         ...
 
     def forget_export(self, name: str, export_id: str) -> None:

@@ -46,7 +46,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 from headwater.core.store import StorageError
-from headwater.core.streams import ExportProgress, StreamError, StreamNotFoundError
+from headwater.core.streams import ExportedStreams, StreamError, StreamNotFoundError
 from headwater.plugins.upload.sink import (
     ExportBlockedError,
     ExportError,
@@ -61,7 +61,6 @@ if TYPE_CHECKING:
     from headwater.core.config import ExportConfig
     from headwater.plugins.upload.scheduler import UploadScheduler
     from headwater.plugins.upload.sink import ExportSink
-    from headwater.wire.streams import StorageInfo
 
 __all__ = [
     "BASE_DELAY",
@@ -95,54 +94,6 @@ def dead_letter_payload(stream: str, export_id: str, record: StreamRecord, reaso
     """The dead-letter record for ``record``: the original record and why AWS will not take it."""
     entry = {"stream": stream, "export": export_id, "reason": reason, **record.to_json_dict()}
     return json.dumps(entry, separators=(",", ":")).encode()
-
-
-class ExportedStreams(Protocol):
-    """What a driver needs of the streams plugin (which owns the storage)."""
-
-    def read(
-        self, name: str, *, from_sequence: int, max_count: int, max_bytes: int | None
-    ) -> list[StreamRecord]:
-        """Records with sequence >= ``from_sequence``, oldest first."""
-        ...
-
-    async def wait_for_records(
-        self,
-        name: str,
-        *,
-        from_sequence: int,
-        timeout: float,  # noqa: ASYNC109 - the streams plugin's long-poll signature
-    ) -> None:
-        """Return once a record with sequence >= ``from_sequence`` exists, or after ``timeout``."""
-        ...
-
-    def storage_info(self, name: str) -> StorageInfo:
-        """The stream's storage counters."""
-        ...
-
-    def export_checkpoint(self, name: str, export_id: str) -> int | None:
-        """The export's checkpoint (last delivered sequence)."""
-        ...
-
-    def export_progress(self, name: str, export_id: str) -> ExportProgress:
-        """The export's persisted counters."""
-        ...
-
-    def export_lost(self, name: str, export_id: str) -> int:
-        """Records retention removed before the export delivered them."""
-        ...
-
-    def commit_export(self, name: str, export_id: str, sequence: int, progress: ExportProgress) -> None:
-        """Write checkpoint and counters together; free what every export delivered."""
-        ...
-
-    def save_export_progress(self, name: str, export_id: str, progress: ExportProgress) -> None:
-        """Write the counters alone (the disabled switch)."""
-        ...
-
-    def mark_status_changed(self, name: str) -> None:
-        """Have the stream's status topic republished (rate-limited by the streams plugin)."""
-        ...
 
 
 class DeadLetters(Protocol):

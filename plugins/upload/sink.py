@@ -1,6 +1,6 @@
 """The contract between the export driver and the export types (Kinesis, Firehose, S3, IoT Core).
 
-Every export type has the same shape (STYLE.md, after Vector's sinks):
+Every export type has the same shape:
 
 * **config**: :class:`~headwater.core.config.ExportConfig`, validated at load (``options``
   holds the type's own keys, every default filled in);
